@@ -1,0 +1,1 @@
+"""List-file datasets, the per-setting registry, transforms, paired loading, the demo generator."""

@@ -1,0 +1,80 @@
+"""The one list-file dataset used by every setting."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from data.lists import parse_list_file
+from utils.errors import UserError
+
+
+class ListDataset(Dataset):
+    """Images named by a list file, relative to ``root``; items are (image tensor, label).
+
+    ``line_numbers`` maps each item back to its line in ``list_file`` so that a bad image is reported
+    with the line that names it.
+    """
+
+    def __init__(self, root: str | Path, paths: Sequence[str], labels: np.ndarray,
+                 transform: Optional[Callable] = None, list_file: str | Path = "?",
+                 line_numbers: Optional[Sequence[int]] = None):
+        self.root = Path(root)
+        self.paths = list(paths)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.transform = transform
+        self.list_file = str(list_file)
+        self.line_numbers = list(line_numbers) if line_numbers is not None else list(range(1, len(self.paths) + 1))
+
+    @classmethod
+    def from_list(cls, root: str | Path, list_file: str | Path, n_classes: int | None = None,
+                  transform: Optional[Callable] = None, class_file: str | Path | None = None) -> "ListDataset":
+        paths, labels, lines = parse_list_file(list_file, n_classes, class_file, with_line_numbers=True)
+        return cls(root, paths, labels, transform, list_file, lines)
+
+    def subset(self, indices: Sequence[int]) -> "ListDataset":
+        idx = list(indices)
+        return ListDataset(self.root, [self.paths[i] for i in idx], self.labels[idx], self.transform,
+                           self.list_file, [self.line_numbers[i] for i in idx])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load_image(self, index: int) -> Image.Image:
+        path = self.root / self.paths[index]
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB")
+        except FileNotFoundError:
+            raise UserError(f"image {path} does not exist ({self.list_file}, line {self.line_numbers[index]})") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise UserError(f"image {path} cannot be decoded ({self.list_file}, line "
+                            f"{self.line_numbers[index]}): {exc}") from None
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        img = self.load_image(index)
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, int(self.labels[index])
+
+
+def holdout_indices(labels: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic per-class hold-out: (train indices, held-out indices).
+
+    Within each class (in list order) every ``round(1/fraction)``-th item, starting with the last, is held
+    out, so the choice depends only on the list file; classes with a single item keep it for training.
+    """
+    if not 0 < fraction < 1:
+        raise UserError(f"--val_fraction must be between 0 and 1, got {fraction}")
+    step = max(2, int(round(1.0 / fraction)))
+    held = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) < 2:
+            continue
+        held[idx[::-1][::step]] = True
+    return np.flatnonzero(~held), np.flatnonzero(held)

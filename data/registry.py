@@ -1,0 +1,161 @@
+"""One entry per dataset setting: where its files are and the released code's training defaults.
+
+The per-dataset difference between the seven entry scripts is data, and it lives here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from utils.errors import UserError
+
+# List-file naming schemes (METHOD.md section 1). Each scheme maps a role to a file name in the split dir.
+SAKE_NAMES = {
+    "sketch_train": "sketch_tx_000000000000_ready_filelist_train.txt",
+    "sketch_test": "sketch_tx_000000000000_ready_filelist_test.txt",
+    "sketch_zero": "sketch_tx_000000000000_ready_filelist_zero.txt",
+    "photo_train": "all_photo_filelist_train.txt",
+    "photo_zero": "all_photo_filelist_zero.txt",
+}
+TUBERLIN_NAMES = {
+    "sketch_train": "png_ready_filelist_train.txt",
+    "sketch_test": "png_ready_filelist_test.txt",
+    "sketch_zero": "png_ready_filelist_zero.txt",
+    "photo_train": "ImageResized_ready_filelist_train.txt",
+    "photo_zero": "ImageResized_ready_filelist_zero.txt",
+}
+QUICKDRAW_PUBLIC_NAMES = {
+    "sketch_train": "sketch_train.txt",
+    "sketch_test": "sketch_test.txt",
+    "sketch_zero": "sketch_zero.txt",
+    "photo_train": "all_photo_train.txt",
+    "photo_zero": "all_photo_zero.txt",
+}
+REQUIRED_ROLES = ("sketch_train", "sketch_zero", "photo_train", "photo_zero")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A dataset setting and the released code's defaults for it."""
+
+    name: str                      # e.g. "sketchy/zeroshot1"
+    dataset_dir: str               # folder under --data_root, e.g. "Sketchy"
+    split_dir: str                 # folder under the dataset dir holding lists and class files
+    naming_schemes: tuple          # candidate list-name dicts, tried in order
+    n_seen: int                    # published class counts (the class files are authoritative)
+    n_unseen: int
+    batch_size: int                # sketches + photos per step
+    sketch_divisor: int            # sketches = B // d, photos = B // d * (d - 1)
+    warmup_epochs: int             # epochs 0 .. warmup_epochs-1 train the student only
+    teacher_lr_scale: float        # teacher lr = student lr * scale
+    use_cid_mask: bool             # add 0.3 * cid_mask to the soft targets
+    has_val_list: bool             # the public copy ships a *_test sketch list
+    checkpoint_dir: str            # default run directory
+    pq_m: tuple                    # faithful one-to-many sweep (METHOD section 6)
+    pq_k: tuple
+    paper_metrics: tuple           # the metric pair the paper's table reports
+    epochs: int = 20
+    lr: float = 1e-4
+    weight_decay: float = 5e-4
+
+    def split_batch(self, batch_size: int) -> tuple[int, int]:
+        """(sketches, photos) per step for a global batch, as the released code splits it."""
+        unit = batch_size // self.sketch_divisor
+        if unit < 1:
+            raise UserError(
+                f"--batch_size {batch_size} is too small for {self.name}: it needs at least "
+                f"{self.sketch_divisor} so that one sketch goes with {self.sketch_divisor - 1} photos")
+        return unit, unit * (self.sketch_divisor - 1)
+
+
+SETTINGS: dict[str, Setting] = {}
+
+
+def _register(s: Setting) -> None:
+    SETTINGS[s.name] = s
+
+
+_register(Setting(
+    name="sketchy/zeroshot1", dataset_dir="Sketchy", split_dir="zeroshot1", naming_schemes=(SAKE_NAMES,),
+    n_seen=100, n_unseen=25, batch_size=210, sketch_divisor=3, warmup_epochs=10, teacher_lr_scale=1.0,
+    use_cid_mask=True, has_val_list=True, checkpoint_dir="checkpoint/sketchy/zeroshot1",
+    pq_m=(2, 4), pq_k=tuple(range(22, 29)), paper_metrics=("mAP@all", "P@100")))
+_register(Setting(
+    name="sketchy/zeroshot2", dataset_dir="Sketchy", split_dir="zeroshot2", naming_schemes=(SAKE_NAMES,),
+    n_seen=104, n_unseen=21, batch_size=210, sketch_divisor=3, warmup_epochs=10, teacher_lr_scale=1.0,
+    use_cid_mask=True, has_val_list=False, checkpoint_dir="checkpoint/sketchy/zeroshot2",
+    pq_m=(2, 4), pq_k=tuple(range(18, 25)), paper_metrics=("mAP@200", "P@200")))
+_register(Setting(
+    name="tuberlin/zeroshot", dataset_dir="TUBerlin", split_dir="zeroshot", naming_schemes=(TUBERLIN_NAMES,),
+    n_seen=220, n_unseen=30, batch_size=210, sketch_divisor=10, warmup_epochs=6, teacher_lr_scale=0.5,
+    use_cid_mask=True, has_val_list=True, checkpoint_dir="checkpoint/tuberlin/zeroshot",
+    pq_m=(2, 4), pq_k=tuple(range(27, 34)), paper_metrics=("mAP@all", "P@100")))
+_register(Setting(
+    name="quickdraw/zeroshot", dataset_dir="QuickDraw", split_dir="zeroshot",
+    naming_schemes=(QUICKDRAW_PUBLIC_NAMES, SAKE_NAMES),
+    n_seen=80, n_unseen=30, batch_size=110, sketch_divisor=10, warmup_epochs=4, teacher_lr_scale=1.0,
+    use_cid_mask=False, has_val_list=False, checkpoint_dir="checkpoint/quickdraw/zeroshot",
+    pq_m=(2,), pq_k=tuple(range(27, 34)), paper_metrics=("mAP@all", "P@200")))
+
+
+def get_setting(name: str) -> Setting:
+    try:
+        return SETTINGS[name]
+    except KeyError:
+        raise UserError(f"unknown setting {name!r}; known: {', '.join(SETTINGS)}") from None
+
+
+@dataclass(frozen=True)
+class SettingPaths:
+    """Resolved files of one setting under a data root."""
+
+    setting: Setting
+    root: Path                     # image paths in the lists are relative to this
+    split: Path                    # the split dir (lists, class files, cid_mask.pickle)
+    lists: dict = field(default_factory=dict)   # role -> Path (sketch_test may be missing)
+
+    @property
+    def class_file(self) -> Path:
+        return self.split / "cname_cid.txt"
+
+    @property
+    def zero_class_file(self) -> Path:
+        return self.split / "cname_cid_zero.txt"
+
+    @property
+    def cid_mask_file(self) -> Path:
+        return self.split / "cid_mask.pickle"
+
+    def list_file(self, role: str) -> Optional[Path]:
+        return self.lists.get(role)
+
+
+def resolve_paths(setting: Setting, data_root: str | Path) -> SettingPaths:
+    """Find the setting's folders and list files under ``data_root``; one clear error if absent."""
+    data_root = Path(data_root)
+    root = data_root / setting.dataset_dir
+    split = root / setting.split_dir
+    if not root.is_dir():
+        raise UserError(
+            f"dataset folder {root} does not exist: create it and unpack the {setting.dataset_dir} package "
+            f"there (README.md, section 'Datasets'), or point --data_root at the folder that holds "
+            f"{setting.dataset_dir}/")
+    if not split.is_dir():
+        raise UserError(
+            f"split folder {split} does not exist: the {setting.dataset_dir} package must contain "
+            f"{setting.split_dir}/ with the list files (README.md, section 'Datasets')")
+    looked_for: list[str] = []
+    for scheme in setting.naming_schemes:
+        if all((split / scheme[r]).is_file() for r in REQUIRED_ROLES):
+            lists = {r: split / n for r, n in scheme.items() if (split / n).is_file()}
+            paths = SettingPaths(setting=setting, root=root, split=split, lists=lists)
+            for f in (paths.class_file, paths.zero_class_file):
+                if not f.is_file():
+                    raise UserError(f"class file {f} does not exist (it comes with the {setting.dataset_dir} package)")
+            return paths
+        looked_for.extend(scheme[r] for r in REQUIRED_ROLES)
+    missing = [n for n in looked_for if not (split / n).is_file()]
+    raise UserError(
+        f"no complete set of list files in {split}: looked for {', '.join(looked_for)}; "
+        f"missing {', '.join(missing)}")

@@ -1,0 +1,1 @@
+"""Small shared helpers: errors, safe unpickling, checkpoint I/O, distributed set-up."""
