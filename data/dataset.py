@@ -51,7 +51,10 @@ class ListDataset(Dataset):
                 return img.convert("RGB")
         except FileNotFoundError:
             raise UserError(f"image {path} does not exist ({self.list_file}, line {self.line_numbers[index]})") from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        except UnidentifiedImageError:
+            raise UserError(f"image {path} cannot be decoded ({self.list_file}, line "
+                            f"{self.line_numbers[index]}): not an image Pillow can read") from None
+        except (OSError, SyntaxError, ValueError) as exc:
             raise UserError(f"image {path} cannot be decoded ({self.list_file}, line "
                             f"{self.line_numbers[index]}): {exc}") from None
 

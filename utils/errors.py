@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 from typing import Callable, Sequence
 
 
@@ -38,6 +39,8 @@ def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] 
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("SBKA_DEBUG") == "1"
+    if not debug:  # warnings as one readable line, without the source line that raised them
+        warnings.formatwarning = lambda message, category, *_, **__: f"warning: {message}\n"
     try:
         main(args)
     except KeyboardInterrupt:

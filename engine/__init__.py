@@ -1,0 +1,1 @@
+"""Training loop (warm-up and bidirectional phases) and feature extraction."""

@@ -1,0 +1,531 @@
+"""SBKA training: warm-up (student only) then bidirectional teacher-student alignment (METHOD.md 3-4).
+
+``main(dataset, argv)`` is what the three ``train_*.py`` scripts call; every default comes from the
+setting's registry entry, so no flags reproduce the released code's run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from tqdm import tqdm
+
+from data.cid_mask import load_cid_mask
+from data.dataset import ListDataset, holdout_indices
+from data.lists import read_class_file
+from data.registry import SETTINGS, Setting, SettingPaths, get_setting, resolve_paths
+from data.transforms import test_transform, train_transform
+from losses import gaussian_prior_kl, semantic_soft_cross_entropy
+from models import SBKAStudent, SBKATeacher, build_student, build_teacher
+from models.sbka import DEFAULT_MODEL, warn_random_weights
+from utils.checkpoint import atomic_save, load_checkpoint
+from utils.distributed import DistInfo, all_reduce_sum, average_gradients, barrier, cleanup, init_distributed
+from utils.errors import UserError
+
+DEFAULT_PRETRAINED = "pretrained_model/convnextv2_tiny_1k_224_ema.pt"
+PRIOR_WEIGHT = 0.1
+LR_DECAY = 0.001           # lr(e) = base * LR_DECAY ** (e / epochs)
+VAL_FRACTION = 0.05        # per-class hold-out of training sketches where a split has no *_test list
+CHECKPOINT = "checkpoint.pth.tar"
+BEST = "model_best.pth.tar"
+LOG = "log.jsonl"
+
+
+# ----------------------------------------------------------------------------------------------- arguments
+def settings_of(dataset: str) -> dict[str, Setting]:
+    """The registry entries of one dataset, keyed by zero version (``zeroshot1``, ...)."""
+    found = {name.split("/", 1)[1]: s for name, s in SETTINGS.items() if name.split("/", 1)[0] == dataset}
+    if not found:
+        raise UserError(f"unknown dataset {dataset!r}")
+    return found
+
+
+def choose_setting(dataset: str, argv: Sequence[str]) -> Setting:
+    versions = settings_of(dataset)
+    if len(versions) == 1:
+        return next(iter(versions.values()))
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--zero_version", default=next(iter(versions)))
+    known, _ = pre.parse_known_args(argv)
+    if known.zero_version not in versions:
+        raise UserError(f"--zero_version {known.zero_version!r} is not one of {', '.join(versions)}")
+    return versions[known.zero_version]
+
+
+def build_parser(setting: Setting, dataset: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=f"Train SBKA on {setting.name}. With no flags this is the released code's run.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    versions = settings_of(dataset)
+    if len(versions) > 1:
+        p.add_argument("--zero_version", choices=list(versions), default=setting.split_dir,
+                       help="which zero-shot split")
+    p.add_argument("--data_root", default="datasets", help=f"folder holding {setting.dataset_dir}/")
+    p.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
+                   help="official ConvNeXt-V2 checkpoint, or 'none' for random weights (smoke runs only)")
+    p.add_argument("--savedir", default=setting.checkpoint_dir, help="run directory (checkpoints, log)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="timm model name")
+    p.add_argument("--img_size", type=int, default=224, help="input size")
+    p.add_argument("--epochs", type=int, default=setting.epochs)
+    p.add_argument("--warmup_epochs", type=int, default=setting.warmup_epochs,
+                   help="epochs 0..N-1 train the student only")
+    p.add_argument("--batch_size", type=int, default=setting.batch_size, help="global batch (sketches + photos)")
+    p.add_argument("--lr", type=float, default=setting.lr, help="student learning rate")
+    p.add_argument("--teacher_lr", type=float, default=None,
+                   help=f"teacher-head learning rate (default: lr x {setting.teacher_lr_scale})")
+    p.add_argument("--weight_decay", type=float, default=setting.weight_decay, help="Adam L2 weight decay")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="loader workers per loader")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    p.add_argument("--channels_last", action="store_true", help="channels-last memory format")
+    p.add_argument("--resume", action="store_true", help=f"continue from <savedir>/{CHECKPOINT}")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling, augmentation, prior noise")
+    p.add_argument("--max_steps_per_epoch", type=int, default=None, help="cap steps per epoch (smoke runs)")
+    p.add_argument("--val_fraction", type=float, default=VAL_FRACTION,
+                   help="per-class hold-out of training sketches when the split has no *_test list")
+    p.add_argument("--detach_reverse_target", action="store_true",
+                   help="variant: the reverse loss L_kd(t<-s) does not push the student")
+    p.add_argument("--no_figures", action="store_true", help="do not write training_curves.png")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    for flag in ("epochs", "batch_size", "img_size"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if args.warmup_epochs < 0:
+        raise UserError(f"--warmup_epochs must be 0 or more, got {args.warmup_epochs}")
+    if args.workers < 0:
+        raise UserError(f"--workers must be 0 or more, got {args.workers}")
+    if args.max_steps_per_epoch is not None and args.max_steps_per_epoch < 1:
+        raise UserError(f"--max_steps_per_epoch must be at least 1, got {args.max_steps_per_epoch}")
+    for flag in ("lr", "weight_decay"):
+        if not math.isfinite(getattr(args, flag)) or getattr(args, flag) < 0:
+            raise UserError(f"--{flag} must be a non-negative number, got {getattr(args, flag)}")
+
+
+def lr_at(base: float, epoch: int, epochs: int) -> float:
+    """The released schedule: ``base * 0.001 ** (epoch / epochs)``, set at the start of each epoch."""
+    return base * LR_DECAY ** (epoch / epochs)
+
+
+# ----------------------------------------------------------------------------------------------- data
+@dataclass
+class TrainData:
+    sketches: Dataset
+    photos: Dataset
+    val: Optional[Dataset]
+    val_source: str
+    n_seen: int
+    class_names: list[str]
+
+
+def build_data(setting: Setting, paths: SettingPaths, img_size: int, val_fraction: float) -> TrainData:
+    """Training sketches/photos and the validation sketches of one setting."""
+    names = read_class_file(paths.class_file)
+    n_seen = len(names)
+    cls_file = paths.class_file
+    sketches = ListDataset.from_list(paths.root, paths.list_file("sketch_train"), n_seen, train_transform(img_size), cls_file)
+    photos = ListDataset.from_list(paths.root, paths.list_file("photo_train"), n_seen, train_transform(img_size), cls_file)
+    val_list = paths.list_file("sketch_test")
+    if val_list is not None:
+        val = ListDataset.from_list(paths.root, val_list, n_seen, test_transform(img_size), cls_file)
+        source = f"{val_list.name} ({len(val)} seen-class sketches)"
+    elif val_fraction > 0:
+        keep, held = holdout_indices(sketches.labels, val_fraction)
+        val = sketches.subset(held)
+        val.transform = test_transform(img_size)
+        sketches = sketches.subset(keep)
+        source = (f"per-class hold-out of {val_fraction:.0%} of the training sketches ({len(val)} sketches; "
+                  f"the split has no *_test list)")
+    else:
+        val, source = None, "none (--val_fraction 0): the last epoch is the model"
+    return TrainData(sketches, photos, val, source, n_seen, names)
+
+
+def make_loader(ds: Dataset, batch: int, info: DistInfo, seed: int, workers: int, pin: bool,
+                shuffle: bool = True) -> tuple[DataLoader, Optional[DistributedSampler]]:
+    """Shuffled, rank-sharded loader (DistributedSampler also gives a seeded, per-epoch order on one process)."""
+    sampler = DistributedSampler(ds, num_replicas=info.world_size, rank=info.rank, shuffle=shuffle, seed=seed)
+    loader = DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers, pin_memory=pin,
+                        drop_last=False)
+    return loader, sampler
+
+
+# ----------------------------------------------------------------------------------------------- state
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Every random draw of an epoch follows from (seed, epoch, rank), so a resumed run matches."""
+    s = (seed * 1_000_003 + epoch * 7_919 + rank * 104_729) % (2**63)
+    torch.manual_seed(s)
+    random.seed(s)
+
+
+def copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def rewrite_log(log_path: Path, keep_before_epoch: int) -> None:
+    """On resume, drop log lines of epochs that will be run again."""
+    if not log_path.is_file():
+        return
+    kept = []
+    for line in log_path.read_text().splitlines():
+        try:
+            if json.loads(line).get("epoch", 0) < keep_before_epoch:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+    tmp = log_path.with_name(f".{log_path.name}.tmp")
+    tmp.write_text("".join(k + "\n" for k in kept))
+    os.replace(tmp, log_path)
+
+
+# ----------------------------------------------------------------------------------------------- steps
+@dataclass
+class StepResult:
+    total: float
+    terms: dict[str, float]
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+def sbka_losses(student: torch.nn.Module, teacher: SBKATeacher, x: torch.Tensor, y: torch.Tensor,
+                is_photo: torch.Tensor, mask: Optional[torch.Tensor], bidirectional: bool,
+                detach_reverse_target: bool, autocast) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """All loss terms of one step and the total whose single backward gives METHOD section 4's gradients.
+
+    Student: grad of L_ce + L_kd(s<-t) + 0.1 L_prior (+ L_kd(t<-s) unless detached). Teacher head: grad of
+    L_kd(t<-s) only -- the released code zeroes the teacher's grads from L_kd(s<-t) before the reverse
+    backward, which equals detaching the teacher logits inside L_kd(s<-t), as done here.
+    """
+    with autocast:
+        seen_logits, imagenet_logits, feature = student(x)
+        if bidirectional:
+            teacher_logits = teacher(x)
+        else:
+            with torch.no_grad():
+                teacher_logits = teacher(x)
+    terms = {
+        "loss_ce": F.cross_entropy(seen_logits.float(), y),
+        "loss_kd": semantic_soft_cross_entropy(imagenet_logits, teacher_logits.detach(), is_photo, mask),
+        "loss_prior": gaussian_prior_kl(feature),
+    }
+    total = terms["loss_ce"] + terms["loss_kd"] + PRIOR_WEIGHT * terms["loss_prior"]
+    if bidirectional:
+        target = imagenet_logits.detach() if detach_reverse_target else imagenet_logits
+        terms["loss_reverse"] = semantic_soft_cross_entropy(teacher_logits, target, is_photo, mask)
+        total = total + terms["loss_reverse"]
+    return total, terms
+
+
+class Trainer:
+    """Holds models, optimisers and loaders of one run; ``fit`` runs the epochs."""
+
+    def __init__(self, args: argparse.Namespace, setting: Setting, info: DistInfo, device: torch.device):
+        self.args, self.setting, self.info, self.device = args, setting, info, device
+        self.savedir = Path(args.savedir)
+        self.is_main = info.is_main
+        paths = resolve_paths(setting, args.data_root)
+        self.data = build_data(setting, paths, args.img_size, args.val_fraction)
+        self.cid_mask = (load_cid_mask(paths.cid_mask_file, self.data.n_seen).to(device)
+                         if setting.use_cid_mask else None)
+
+        n_sk, n_ph = setting.split_batch(args.batch_size)
+        if n_sk % info.world_size or n_ph % info.world_size:
+            raise UserError(f"--batch_size {args.batch_size} splits into {n_sk} sketches + {n_ph} photos, which "
+                            f"do not divide evenly over {info.world_size} processes")
+        self.batch_split = (n_sk, n_ph)
+        pin = device.type == "cuda"
+        self.sketch_loader, self.sketch_sampler = make_loader(
+            self.data.sketches, n_sk // info.world_size, info, args.seed, args.workers, pin)
+        self.photo_loader, self.photo_sampler = make_loader(
+            self.data.photos, n_ph // info.world_size, info, args.seed + 1, args.workers, pin)
+        self.val_loader = None
+        if self.data.val is not None:
+            shard = Subset(self.data.val, range(info.rank, len(self.data.val), info.world_size))
+            self.val_loader = DataLoader(shard, batch_size=max(1, n_ph // info.world_size),
+                                         num_workers=args.workers, pin_memory=pin)
+
+        pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
+        if pretrained is None:
+            warn_random_weights()
+        torch.manual_seed(args.seed)  # new classifier (and random backbones) depend on the seed only
+        student = build_student(args.model, self.data.n_seen, pretrained)
+        torch.manual_seed(args.seed + 1)
+        self.teacher = build_teacher(args.model, pretrained)
+        memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+        student.to(device, memory_format=memory_format)
+        self.teacher.to(device, memory_format=memory_format)
+        self.teacher.eval()  # LayerNorm only and drop path 0: train/eval behave alike; eval keeps it explicit
+        self.student_module: SBKAStudent = student
+        self.student = (DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+                        if info.enabled else student)
+        self.teacher_lr = args.teacher_lr if args.teacher_lr is not None else args.lr * setting.teacher_lr_scale
+        self.opt_student = torch.optim.Adam(student.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        self.opt_teacher = torch.optim.Adam(self.teacher.head_parameters(), lr=self.teacher_lr,
+                                            weight_decay=args.weight_decay)
+        self.start_epoch, self.best_acc1 = 0, -1.0
+        self.memory_format = memory_format
+        self.use_amp = bool(args.amp and device.type == "cuda")
+        if args.amp and device.type != "cuda" and self.is_main:
+            print("note: --amp has effect on CUDA only; running in fp32", file=sys.stderr)
+
+    # -- checkpointing
+    def config(self) -> dict[str, Any]:
+        return {"setting": self.setting.name, "model": self.args.model, "n_seen": self.data.n_seen,
+                "img_size": self.args.img_size, "feature_dim": self.student_module.feature_dim}
+
+    def state(self, next_epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": next_epoch,  # the epoch a resumed run starts with
+            "state_dict": self.student_module.state_dict(),
+            "teacher_head": self.teacher.head().state_dict(),
+            "best_acc1": self.best_acc1,
+            "optimizer": self.opt_student.state_dict(),
+            "optimizer_1": self.opt_teacher.state_dict(),
+            "rng": rng_state(),
+            "config": self.config(),
+            "args": {k: v for k, v in vars(self.args).items() if isinstance(v, (str, int, float, bool, type(None)))},
+        }
+
+    def resume(self) -> None:
+        path = self.savedir / CHECKPOINT
+        if not path.is_file():
+            raise UserError(f"--resume: {path} does not exist (nothing to resume; drop --resume to start afresh)")
+        ckpt = load_checkpoint(path)
+        cfg = ckpt.get("config", {})
+        mine = self.config()
+        for key in ("setting", "model", "n_seen", "img_size"):
+            if cfg.get(key) != mine[key]:
+                raise UserError(f"--resume: {path} was written with {key}={cfg.get(key)!r}, this run has "
+                                f"{mine[key]!r}; use another --savedir or the same flags")
+        try:
+            self.student_module.load_state_dict(ckpt["state_dict"])
+            self.teacher.head().load_state_dict(ckpt["teacher_head"])
+            self.opt_student.load_state_dict(ckpt["optimizer"])
+            self.opt_teacher.load_state_dict(ckpt["optimizer_1"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise UserError(f"--resume: {path} does not match this model ({str(exc).splitlines()[0]})") from None
+        self.start_epoch = int(ckpt["epoch"])
+        self.best_acc1 = float(ckpt.get("best_acc1", -1.0))
+        if "rng" in ckpt:
+            set_rng_state(ckpt["rng"])
+        if self.is_main:
+            print(f"resumed from {path}: continuing at epoch {self.start_epoch}")
+            rewrite_log(self.savedir / LOG, self.start_epoch)
+
+    def save(self, epoch: int, val_top1: Optional[float]) -> None:
+        """Checkpoint after ``epoch``; copy to model_best when past warm-up and top-1 improved."""
+        bidirectional = epoch >= self.args.warmup_epochs
+        improved = bidirectional and val_top1 is not None and val_top1 > self.best_acc1
+        if improved:
+            self.best_acc1 = val_top1
+        if not self.is_main:
+            return
+        ckpt = self.savedir / CHECKPOINT
+        atomic_save(self.state(epoch + 1), ckpt)
+        last = epoch == self.args.epochs - 1
+        if improved or (bidirectional and self.data.val is None) or (last and not (self.savedir / BEST).exists()):
+            copy_atomic(ckpt, self.savedir / BEST)
+
+    # -- one epoch
+    def set_lr(self, epoch: int) -> tuple[float, float]:
+        lr_s, lr_t = lr_at(self.args.lr, epoch, self.args.epochs), lr_at(self.teacher_lr, epoch, self.args.epochs)
+        for g in self.opt_student.param_groups:
+            g["lr"] = lr_s
+        for g in self.opt_teacher.param_groups:
+            g["lr"] = lr_t
+        return lr_s, lr_t
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Sketch and photo batches side by side, concatenated and shuffled; ends with the shorter loader."""
+        for (sk, sk_y), (ph, ph_y) in zip(self.sketch_loader, self.photo_loader):
+            x = torch.cat([sk, ph])
+            y = torch.cat([sk_y, ph_y])
+            is_photo = torch.cat([torch.zeros(len(sk)), torch.ones(len(ph))])
+            perm = torch.randperm(len(x))
+            yield x[perm], y[perm], is_photo[perm]
+
+    def steps_per_epoch(self) -> int:
+        n = min(len(self.sketch_loader), len(self.photo_loader))
+        return min(n, self.args.max_steps_per_epoch) if self.args.max_steps_per_epoch else n
+
+    def train_one_epoch(self, epoch: int) -> dict[str, float]:
+        args = self.args
+        bidirectional = epoch >= args.warmup_epochs
+        self.student.train()
+        self.teacher.eval()
+        n_steps = self.steps_per_epoch()
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.use_amp else nullcontext())
+        sums: dict[str, torch.Tensor] = {}
+        images = 0
+        start = time.perf_counter()
+        bar = tqdm(total=n_steps, desc=f"epoch {epoch} {'bidirectional' if bidirectional else 'warm-up'}",
+                   disable=not self.is_main, dynamic_ncols=True, leave=True, file=sys.stdout)
+        done = 0
+        for x, y, is_photo in self.batches():
+            if done >= n_steps:
+                break
+            step = done
+            x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            y = y.to(self.device, non_blocking=True)
+            is_photo = is_photo.to(self.device, non_blocking=True)
+            mask = self.cid_mask[y] if self.cid_mask is not None else None
+            total, terms = sbka_losses(self.student, self.teacher, x, y, is_photo, mask, bidirectional,
+                                       args.detach_reverse_target, autocast)
+            if not torch.isfinite(total):
+                values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+                raise NonFiniteLoss(
+                    f"non-finite loss at epoch {epoch}, step {step} ({values}); training stopped and "
+                    f"{self.savedir / CHECKPOINT} (the last good state) was kept: lower --lr or check the data")
+            self.opt_student.zero_grad(set_to_none=True)
+            self.opt_teacher.zero_grad(set_to_none=True)
+            total.backward()
+            self.opt_student.step()
+            if bidirectional:
+                average_gradients(self.teacher.head_parameters(), self.info)
+                self.opt_teacher.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v.detach()
+            sums["loss_total"] = sums.get("loss_total", 0.0) + total.detach()
+            images += len(x) * self.info.world_size
+            if self.is_main and (step % 10 == 0 or step == n_steps - 1):
+                elapsed = time.perf_counter() - start
+                bar.set_postfix({k.removeprefix("loss_"): f"{(v / (step + 1)).item():.3f}" for k, v in sums.items()}
+                                | {"img/s": f"{images / max(elapsed, 1e-9):.1f}"})
+            bar.update(1)
+            done += 1
+        bar.close()
+        if done == 0:
+            raise UserError("an epoch had no steps: a training list is shorter than one batch share per process")
+        stats = torch.stack(list(sums.values())).float() / done
+        stats = all_reduce_sum(stats.to(self.device), self.info) / self.info.world_size
+        elapsed = time.perf_counter() - start
+        out = {k: float(v) for k, v in zip(sums.keys(), stats.tolist())}
+        out.update(steps=done, time_s=elapsed, images_per_s=images / max(elapsed, 1e-9))
+        return out
+
+    @torch.no_grad()
+    def validate(self) -> Optional[float]:
+        """Top-1 (%) of the seen-class logits on the validation sketches, summed over ranks."""
+        if self.val_loader is None:
+            return None
+        self.student.eval()
+        counts = torch.zeros(2, device=self.device)
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.use_amp else nullcontext())
+        for x, y in tqdm(self.val_loader, desc="validate", disable=not self.is_main, leave=False,
+                         dynamic_ncols=True, file=sys.stdout):
+            x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            y = y.to(self.device, non_blocking=True)
+            with autocast:
+                seen_logits = self.student_module(x)[0]
+            counts[0] += (seen_logits.argmax(1) == y).sum()
+            counts[1] += len(y)
+        all_reduce_sum(counts, self.info)
+        return float(100.0 * counts[0] / counts[1].clamp_min(1))
+
+    # -- the run
+    def describe(self) -> None:
+        if not self.is_main:
+            return
+        a, d = self.args, self.data
+        print(f"SBKA training on {self.setting.name}: {len(d.sketches)} sketches, {len(d.photos)} photos, "
+              f"{d.n_seen} seen classes; batch {a.batch_size} = {self.batch_split[0]} sketches + "
+              f"{self.batch_split[1]} photos over {self.info.world_size} process(es); {self.steps_per_epoch()} "
+              f"steps/epoch")
+        print(f"model {a.model} ({'random weights' if str(a.pretrained).lower() == 'none' else a.pretrained}), "
+              f"{a.epochs} epochs, warm-up epochs 0..{a.warmup_epochs - 1}, lr {a.lr:g} (teacher {self.teacher_lr:g}), "
+              f"device {self.device}{', bf16 autocast' if self.use_amp else ''}"
+              f"{', channels_last' if a.channels_last else ''}; validation: {d.val_source}; run dir {self.savedir}")
+
+    def fit(self) -> None:
+        args = self.args
+        if self.is_main:
+            self.savedir.mkdir(parents=True, exist_ok=True)
+        if args.resume:
+            self.resume()
+        elif self.is_main and (self.savedir / LOG).exists():
+            (self.savedir / LOG).unlink()  # a fresh run starts a fresh log
+        self.describe()
+        for epoch in range(self.start_epoch, args.epochs):
+            seed_epoch(args.seed, epoch, self.info.rank)
+            self.sketch_sampler.set_epoch(epoch)
+            self.photo_sampler.set_epoch(epoch)
+            lr_s, lr_t = self.set_lr(epoch)
+            stats = self.train_one_epoch(epoch)
+            top1 = self.validate()
+            self.save(epoch, top1)
+            if self.is_main:
+                record = {"epoch": epoch, "phase": "bidirectional" if epoch >= args.warmup_epochs else "warmup",
+                          "lr": lr_s, "teacher_lr": lr_t, "loss_reverse": None, **stats, "val_top1": top1,
+                          "best_acc1": self.best_acc1 if self.best_acc1 >= 0 else None}
+                with open(self.savedir / LOG, "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                top = f"{top1:.2f}%" if top1 is not None else "n/a"
+                print(f"epoch {epoch}: loss {stats['loss_total']:.4f}, val top-1 {top}, "
+                      f"{stats['images_per_s']:.1f} img/s, {stats['time_s']:.1f}s")
+                self.figures()
+            barrier(self.info)
+        if self.is_main:
+            print(f"done: {self.savedir / CHECKPOINT}, {self.savedir / BEST}, {self.savedir / LOG}")
+
+    def figures(self) -> None:
+        if self.args.no_figures:
+            return
+        try:
+            from utils.plotting import plot_training_curves
+        except ImportError:
+            return
+        plot_training_curves(self.savedir / LOG, self.savedir / "training_curves.png")
+
+
+def main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
+    """Entry point of ``train_<dataset>.py``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    setting = choose_setting(dataset, argv)
+    args = build_parser(setting, dataset).parse_args(argv)
+    check_args(args)
+    info, device = init_distributed(args.device)
+    try:
+        if not info.is_main:
+            warnings.filterwarnings("ignore")
+        Trainer(args, setting, info, device).fit()
+    finally:
+        cleanup(info)
+
+
+__all__ = ["main", "lr_at", "sbka_losses", "Trainer", "build_parser", "get_setting"]

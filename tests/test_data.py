@@ -1,0 +1,189 @@
+"""List parsing, the registry's file discovery, image errors, cid_mask loading and augmentation."""
+import pickle
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data.cid_mask import load_cid_mask
+from data.dataset import ListDataset, holdout_indices
+from data.lists import parse_list_file, read_class_file
+from data.registry import QUICKDRAW_PUBLIC_NAMES, SAKE_NAMES, get_setting, resolve_paths
+from data.transforms import RandomAffineXY, train_transform
+from data.transforms import test_transform as eval_transform
+from tests.fixtures import make_tree
+from utils.errors import UserError
+
+
+def test_paths_with_spaces_keep_every_token_but_the_last(tmp_path):
+    f = tmp_path / "list.txt"
+    f.write_text("png_ready/alarm clock/158.png 2\n\nsketches/palm tree/5838176637681664.png 16\n")
+    paths, labels = parse_list_file(f)
+    assert paths == ["png_ready/alarm clock/158.png", "sketches/palm tree/5838176637681664.png"]
+    assert labels.tolist() == [2, 16]
+
+
+@pytest.mark.parametrize("bad", ["just_a_path.png", "a/b.png two", "3"])
+def test_malformed_line_names_file_and_line(tmp_path, bad):
+    f = tmp_path / "list.txt"
+    f.write_text(f"ok/a.png 0\n{bad}\n")
+    with pytest.raises(UserError, match=rf"{re.escape(str(f))}, line 2: expected"):
+        parse_list_file(f)
+
+
+def test_label_out_of_range_names_file_line_and_class_count(tmp_path):
+    f = tmp_path / "list.txt"
+    f.write_text("a/x.png 0\na/y.png 1\na/z.png 5\n")
+    with pytest.raises(UserError, match=rf"{re.escape(str(f))}, line 3: label 5 is outside 0..2"):
+        parse_list_file(f, n_classes=3, class_file="cname_cid.txt")
+
+
+def test_class_file_ids_are_checked(tmp_path):
+    f = tmp_path / "cname_cid.txt"
+    f.write_text("alarm clock 1\nairplane 0\n")
+    assert read_class_file(f) == ["airplane", "alarm clock"]
+    f.write_text("a 0\nb 2\n")
+    with pytest.raises(UserError, match="ids must be 0..1"):
+        read_class_file(f)
+
+
+@pytest.mark.parametrize("layout,names", [("quickdraw", QUICKDRAW_PUBLIC_NAMES), ("quickdraw_sake", SAKE_NAMES)])
+def test_quickdraw_both_naming_schemes_are_found(tmp_path, layout, names):
+    make_tree(tmp_path, layout, test_list=False, cid_mask=False)
+    paths = resolve_paths(get_setting("quickdraw/zeroshot"), tmp_path)
+    assert paths.list_file("sketch_train").name == names["sketch_train"]
+    assert paths.list_file("photo_zero").name == names["photo_zero"]
+    assert paths.list_file("sketch_test") is None
+
+
+def test_missing_lists_name_every_file_looked_for(tmp_path):
+    (tmp_path / "QuickDraw" / "zeroshot").mkdir(parents=True)
+    with pytest.raises(UserError) as err:
+        resolve_paths(get_setting("quickdraw/zeroshot"), tmp_path)
+    for name in list(QUICKDRAW_PUBLIC_NAMES.values())[:1] + [SAKE_NAMES["photo_zero"], "all_photo_zero.txt"]:
+        assert name in str(err.value)
+
+
+def test_missing_dataset_folder_says_what_to_create(tmp_path):
+    with pytest.raises(UserError, match=r"dataset folder .*TUBerlin does not exist: create it.*README"):
+        resolve_paths(get_setting("tuberlin/zeroshot"), tmp_path)
+
+
+def test_missing_and_corrupt_images_name_path_and_list_line(tmp_path):
+    make_tree(tmp_path, "sketchy")
+    paths = resolve_paths(get_setting("sketchy/zeroshot1"), tmp_path)
+    ds = ListDataset.from_list(paths.root, paths.list_file("photo_train"), 3, eval_transform(32))
+    x, y = ds[0]
+    assert x.shape == (3, 32, 32) and y == ds.labels[0]
+    (paths.root / ds.paths[1]).write_bytes(b"not a jpeg")
+    with pytest.raises(UserError, match=rf"{re.escape(ds.paths[1])} cannot be decoded \(.*photo_filelist_train.txt, line 2\)"):
+        ds[1]
+    (paths.root / ds.paths[2]).unlink()
+    with pytest.raises(UserError, match=r"does not exist \(.*line 3\)"):
+        ds[2]
+
+
+def test_grayscale_sketch_becomes_rgb(tmp_path):
+    Image.new("L", (20, 20), 255).save(tmp_path / "s.png")
+    ds = ListDataset(tmp_path, ["s.png"], np.array([0]), eval_transform(16))
+    assert ds[0][0].shape == (3, 16, 16)
+
+
+def test_holdout_is_per_class_deterministic_and_disjoint():
+    labels = np.repeat(np.arange(4), [40, 20, 1, 7])
+    keep, held = holdout_indices(labels, 0.05)
+    keep2, held2 = holdout_indices(labels, 0.05)
+    assert np.array_equal(held, held2) and not set(keep) & set(held)
+    assert len(keep) + len(held) == len(labels)
+    counts = np.bincount(labels[held], minlength=4)
+    assert counts.tolist() == [2, 1, 0, 1]  # every 20th from the end of each class; singletons stay
+
+
+def py2_numpy_dict_pickle(arrays: dict) -> bytes:
+    """Bytes as Python 2 + NumPy 1 write ``pickle.dump({id: float64 array}, f, 2)``: the array data is a
+    py2 ``str`` (BINSTRING) and the globals are spelled ``numpy.core.multiarray``."""
+    out = [b"\x80\x02}("]
+    for key, arr in arrays.items():
+        data = np.ascontiguousarray(arr, dtype="<f8").tobytes()
+        out.append(b"K" + bytes([key])
+                   + b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R"
+                   + b"(K\x01M" + len(arr).to_bytes(2, "little") + b"\x85"
+                   + b"cnumpy\ndtype\nU\x02f8K\x00K\x01\x87R"
+                   + b"(K\x03U\x01<NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+                   + b"\x89T" + len(data).to_bytes(4, "little") + data + b"tb")
+    out.append(b"u.")
+    return b"".join(out)
+
+
+def test_python2_protocol2_cid_mask_loads(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {0: rng.random(1000), 2: rng.random(1000)}
+    f = tmp_path / "cid_mask.pickle"
+    f.write_bytes(py2_numpy_dict_pickle(arrays))
+    # the stock unpickler reads the same bytes (so the builder really writes the Python-2 format)
+    assert np.array_equal(pickle.loads(f.read_bytes(), encoding="latin1")[2], arrays[2])
+    mask = load_cid_mask(f, n_seen=3)
+    assert mask.shape == (3, 1000) and mask.dtype == torch.float32
+    assert torch.allclose(mask[0], torch.from_numpy(arrays[0]).float())
+    assert torch.all(mask[1] == 0)
+
+
+def test_cid_mask_of_wrong_width_is_refused(tmp_path):
+    f = tmp_path / "cid_mask.pickle"
+    f.write_bytes(py2_numpy_dict_pickle({0: np.zeros(200)}))
+    with pytest.raises(UserError, match="class 0 has 200 values, expected 1000"):
+        load_cid_mask(f, n_seen=3)
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_code_running_cid_mask_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    f = tmp_path / "cid_mask.pickle"
+    f.write_bytes(pickle.dumps({0: _Evil(marker)}, protocol=2))
+    with pytest.raises(UserError, match=r"refused: it asks to run (posix|os)\.system"):
+        load_cid_mask(f, n_seen=1)
+    assert not marker.exists()
+
+
+def test_missing_cid_mask_warns_and_gives_zeros(tmp_path):
+    with pytest.warns(UserWarning, match="zero cid_mask"):
+        mask = load_cid_mask(tmp_path / "cid_mask.pickle", n_seen=4)
+    assert mask.shape == (4, 1000) and mask.abs().sum() == 0
+
+
+def test_train_transform_is_seeded_and_changes_images():
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    t = train_transform(32)
+    torch.manual_seed(3)
+    a = torch.stack([t(img) for _ in range(8)])
+    torch.manual_seed(3)
+    b = torch.stack([t(img) for _ in range(8)])
+    assert torch.equal(a, b)
+    plain = eval_transform(32)(img)
+    assert any(not torch.allclose(a[i], plain) for i in range(8))
+    assert a.shape == (8, 3, 32, 32)
+
+
+def test_affine_flip_only_mirrors():
+    img = Image.fromarray(np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3))
+    aug = RandomAffineXY(p=1.0)
+    m = None
+    for seed in range(200):  # find a draw that is a pure flip
+        torch.manual_seed(seed)
+        draws = torch.rand(6).tolist()
+        if draws[1] < 0.5 and all(d >= 0.5 for d in draws[2:5]):
+            torch.manual_seed(seed)
+            m = aug(img)
+            break
+    assert m is not None
+    np.testing.assert_array_equal(np.asarray(m)[:, 1:-1], np.asarray(img)[:, ::-1][:, 1:-1])

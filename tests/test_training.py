@@ -1,0 +1,177 @@
+"""The trainer: phases, resume, non-finite stop, torchrun, and each train script end to end."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.train import CHECKPOINT, LOG, Trainer, build_parser, choose_setting, main, seed_epoch
+from tests.fixtures import make_tree
+from utils.checkpoint import load_checkpoint
+from utils.distributed import DistInfo
+from utils.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--model", "convnextv2_atto", "--pretrained", "none", "--img_size", "32", "--batch_size", "12",
+        "--workers", "0", "--device", "cpu"]
+
+
+def _args(data_root, savedir, *extra, dataset="sketchy"):
+    argv = ["--data_root", str(data_root), "--savedir", str(savedir), *TINY, *extra]
+    setting = choose_setting(dataset, argv)
+    return build_parser(setting, dataset).parse_args(argv), setting
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_tree(root, "sketchy", sketches=8, photos=8)
+    return root
+
+
+def _snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(before, module):
+    return {k for k, v in module.state_dict().items() if not torch.equal(before[k], v)}
+
+
+def test_warmup_leaves_teacher_and_bidirectional_moves_only_its_head(tree, tmp_path):
+    args, setting = _args(tree, tmp_path / "run", "--epochs", "2", "--warmup_epochs", "1", "--no_figures")
+    trainer = Trainer(args, setting, DistInfo(), torch.device("cpu"))
+    t0, s0 = _snapshot(trainer.teacher), _snapshot(trainer.student_module)
+    trainer.set_lr(0)
+    trainer.train_one_epoch(0)
+    assert _changed(t0, trainer.teacher) == set()
+    assert _changed(s0, trainer.student_module)  # the student learned
+    trainer.train_one_epoch(1)
+    assert _changed(t0, trainer.teacher) == {"backbone.head.fc.weight", "backbone.head.fc.bias"}
+
+
+def _run(tree, savedir, *extra):
+    main("sketchy", ["--data_root", str(tree), "--savedir", str(savedir), *TINY, "--no_figures", "--seed", "3",
+                     "--warmup_epochs", "1", *extra])
+
+
+def test_resume_gives_the_same_weights_as_a_straight_run(tree, tmp_path):
+    _run(tree, tmp_path / "straight", "--epochs", "2")
+    # a run killed during epoch 1: only the state saved at the end of epoch 0 exists
+    part = tmp_path / "part"
+    args, setting = _args(tree, part, "--epochs", "2", "--warmup_epochs", "1", "--no_figures", "--seed", "3")
+    trainer = Trainer(args, setting, DistInfo(), torch.device("cpu"))
+    part.mkdir()
+    seed_epoch(3, 0, 0)
+    trainer.sketch_sampler.set_epoch(0)
+    trainer.photo_sampler.set_epoch(0)
+    trainer.set_lr(0)
+    trainer.train_one_epoch(0)
+    trainer.save(0, trainer.validate())
+    assert load_checkpoint(part / CHECKPOINT)["epoch"] == 1
+    _run(tree, part, "--epochs", "2", "--resume")
+    a = load_checkpoint(tmp_path / "straight" / CHECKPOINT)
+    b = load_checkpoint(part / CHECKPOINT)
+    assert a["epoch"] == b["epoch"] == 2
+    for k in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=1e-5, atol=1e-6)
+    for k in a["teacher_head"]:
+        torch.testing.assert_close(a["teacher_head"][k], b["teacher_head"][k], rtol=1e-5, atol=1e-6)
+    log = [json.loads(line) for line in (part / LOG).read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1]  # the resumed run logs from epoch 1 on
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tree, tmp_path):
+    run = tmp_path / "run"
+    _run(tree, run, "--epochs", "1")
+    good = (run / CHECKPOINT).read_bytes()
+    with pytest.raises(UserError, match=r"non-finite loss at epoch 1, step \d+ .*was kept"):
+        _run(tree, run, "--epochs", "3", "--resume", "--lr", "1e38")
+    assert (run / CHECKPOINT).read_bytes() == good
+
+
+def test_resume_refuses_a_different_model(tree, tmp_path):
+    run = tmp_path / "run"
+    _run(tree, run, "--epochs", "1")
+    with pytest.raises(UserError, match="img_size=32"):
+        _run(tree, run, "--epochs", "2", "--resume", "--img_size", "40")
+
+
+def _script(name, *argv, env_extra=None, timeout=300):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, str(ROOT / name), *argv], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT)
+
+
+@pytest.mark.parametrize("script,layout,extra", [
+    ("train_sketchy_ext.py", "sketchy", []),
+    ("train_sketchy_ext.py", "sketchy", ["--zero_version", "zeroshot2"]),
+    ("train_tuberlin_ext.py", "tuberlin", ["--batch_size", "20"]),
+    ("train_quickdraw_ext.py", "quickdraw", ["--batch_size", "20"]),
+])
+def test_train_script_end_to_end(tmp_path, script, layout, extra):
+    split_dir = "zeroshot2" if "zeroshot2" in extra else None
+    make_tree(tmp_path / "data", layout, split_dir=split_dir, test_list=layout != "quickdraw",
+              cid_mask=layout != "quickdraw", sketches=10, photos=10)
+    run = tmp_path / "run"
+    argv = ["--data_root", str(tmp_path / "data"), "--savedir", str(run), *TINY, "--epochs", "2",
+            "--warmup_epochs", "1", "--max_steps_per_epoch", "2", "--no_figures", *extra]
+    res = _script(script, *argv)
+    assert res.returncode == 0, res.stderr
+    assert (run / CHECKPOINT).is_file() and (run / "model_best.pth.tar").is_file()
+    log = [json.loads(line) for line in (run / LOG).read_text().splitlines()]
+    assert [r["phase"] for r in log] == ["warmup", "bidirectional"]
+    assert all(r["steps"] == 2 and r["images_per_s"] > 0 for r in log)
+    assert log[1]["loss_reverse"] is not None and log[0]["loss_reverse"] is None
+    ckpt = load_checkpoint(run / CHECKPOINT)
+    assert {"epoch", "state_dict", "best_acc1", "optimizer", "optimizer_1", "rng", "config"} <= set(ckpt)
+    if layout == "quickdraw":
+        assert "hold-out of 5%" in res.stdout
+
+
+@pytest.mark.parametrize("problem,pattern", [
+    ("no_dataset", r"^error: dataset folder .*Sketchy does not exist: create it"),
+    ("bad_line", r"^error: .*sketch_tx_000000000000_ready_filelist_train\.txt, line 2: expected"),
+    ("corrupt_image", r"^error: image .* cannot be decoded \(.*line \d+\): not an image"),
+    ("bad_flag", r"--zero_version 'zeroshot9' is not one of zeroshot1, zeroshot2"),
+])
+def test_user_errors_are_one_line_without_traceback(tmp_path, problem, pattern):
+    data = tmp_path / "data"
+    if problem != "no_dataset":
+        split = make_tree(data, "sketchy")
+        lst = split / "sketch_tx_000000000000_ready_filelist_train.txt"
+        lines = lst.read_text().splitlines()
+        if problem == "bad_line":
+            lst.write_text("\n".join([lines[0], "no-label-here.png"] + lines[2:]) + "\n")
+        if problem == "corrupt_image":
+            for l in (split / "all_photo_filelist_train.txt").read_text().splitlines() + lines:
+                (data / "Sketchy" / l.rsplit(" ", 1)[0]).write_bytes(b"garbage")
+    extra = ["--zero_version", "zeroshot9"] if problem == "bad_flag" else []
+    res = _script("train_sketchy_ext.py", "--data_root", str(data), "--savedir", str(tmp_path / "run"), *TINY,
+                  "--epochs", "1", *extra)
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr
+    err_lines = [l for l in res.stderr.splitlines() if l.startswith("error:")]
+    assert len(err_lines) == 1 and __import__("re").search(pattern, err_lines[0]), res.stderr
+
+
+def test_torchrun_two_processes_write_one_checkpoint(tree, tmp_path):
+    run = tmp_path / "ddp"
+    with socket.socket() as sock:  # a free port (torchrun's port 0 does not work with the static rendezvous)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}",
+         str(ROOT / "train_sketchy_ext.py"), "--data_root", str(tree), "--savedir", str(run), *TINY,
+         "--epochs", "2", "--warmup_epochs", "1", "--no_figures"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sorted(p.name for p in run.iterdir()) == [CHECKPOINT, LOG, "model_best.pth.tar"]
+    assert res.stdout.count("done:") == 1  # only rank 0 prints
+    log = [json.loads(line) for line in (run / LOG).read_text().splitlines()]
+    assert len(log) == 2

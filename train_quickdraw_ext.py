@@ -1,0 +1,6 @@
+"""Train SBKA on quickdraw; `--help` lists the flags, no flags = the released run."""
+from engine.train import main
+from utils.errors import run_cli
+
+if __name__ == "__main__":
+    run_cli(lambda argv: main("quickdraw", argv))
