@@ -12,48 +12,52 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class RandomAffineXY:
-    """With probability ``p`` apply: flip (0.5), independent x/y scale U(0.7,1.3) (0.5),
-    rotation U(-30,30) degrees (0.5), translation U(-10,10) px in x and y (0.5).
+    """The released code's sketch/photo augmentation, applied with probability ``p``.
 
-    The released code draws these as independent ``Sometimes`` steps; torchvision's RandomAffine has no
-    anisotropic scale, so the steps are composed into one matrix here and the image is resampled once
-    (bilinear, constant fill 0 like the original augmenter's default).
+    Each step independently: horizontal flip (0.5); independent x/y scale U(0.7,1.3) (0.5); rotation
+    U(-30,30) degrees (0.5); translation U(-10,10) px in x and y (0.5). As in the original (skimage's
+    ``AffineTransform`` + ``warp``), scale/rotation/translation form one affine map about the image's
+    top-left corner, resampled bilinearly with constant fill 0 (black). torchvision's RandomAffine has
+    neither anisotropic scale nor a corner origin, hence this small class on top of Pillow.
     """
 
     def __init__(self, p: float = 0.7, scale=(0.7, 1.3), degrees: float = 30.0, translate_px: float = 10.0,
                  fill: int = 0):
         self.p, self.scale, self.degrees, self.translate_px, self.fill = p, scale, degrees, translate_px, fill
 
-    def _matrix(self, w: int, h: int) -> tuple[float, ...] | None:
-        rnd = lambda a, b: a + (b - a) * torch.rand(()).item()  # noqa: E731 - torch RNG keeps runs seeded
+    @staticmethod
+    def _uniform(a: float, b: float) -> float:
+        return a + (b - a) * torch.rand(()).item()  # torch's RNG, so --seed and worker seeding cover it
+
+    def draw(self) -> tuple[bool, tuple[float, ...] | None] | None:
+        """(flip, inverse affine coefficients for Pillow or None for no warp); None: image left alone."""
         coin = lambda q: torch.rand(()).item() < q  # noqa: E731
         if not coin(self.p):
             return None
-        sx = sy = 1.0
-        angle = tx = ty = 0.0
         flip = coin(0.5)
-        if coin(0.5):
-            sx, sy = rnd(*self.scale), rnd(*self.scale)
-        if coin(0.5):
-            angle = math.radians(rnd(-self.degrees, self.degrees))
-        if coin(0.5):
-            tx, ty = rnd(-self.translate_px, self.translate_px), rnd(-self.translate_px, self.translate_px)
-        # forward map about the image centre: p' = R S F (p - c) + c + t ; PIL wants the inverse.
-        fx = -1.0 if flip else 1.0
+        sx, sy = (self._uniform(*self.scale), self._uniform(*self.scale)) if coin(0.5) else (1.0, 1.0)
+        angle = math.radians(self._uniform(-self.degrees, self.degrees)) if coin(0.5) else 0.0
+        tx, ty = ((self._uniform(-self.translate_px, self.translate_px),
+                   self._uniform(-self.translate_px, self.translate_px)) if coin(0.5) else (0.0, 0.0))
+        if (sx, sy, angle, tx, ty) == (1.0, 1.0, 0.0, 0.0, 0.0):
+            return flip, None
+        # forward map p' = A p + t with A = [[sx cos, -sy sin], [sx sin, sy cos]]; Pillow wants the inverse.
         cos, sin = math.cos(angle), math.sin(angle)
-        a, b = cos * sx * fx, -sin * sy
-        c, d = sin * sx * fx, cos * sy
+        a, b, c, d = sx * cos, -sy * sin, sx * sin, sy * cos
         det = a * d - b * c
         ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
-        cx, cy = w / 2.0, h / 2.0
-        ox, oy = cx + tx, cy + ty
-        return (ia, ib, cx - ia * ox - ib * oy, ic, id_, cy - ic * ox - id_ * oy)
+        return flip, (ia, ib, -(ia * tx + ib * ty), ic, id_, -(ic * tx + id_ * ty))
 
     def __call__(self, img: Image.Image) -> Image.Image:
-        m = self._matrix(*img.size)
-        if m is None:
+        drawn = self.draw()
+        if drawn is None:
             return img
-        return img.transform(img.size, Image.Transform.AFFINE, m, resample=Image.Resampling.BILINEAR,
+        flip, coeffs = drawn
+        if flip:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if coeffs is None:
+            return img
+        return img.transform(img.size, Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR,
                              fillcolor=(self.fill,) * len(img.getbands()))
 
     def __repr__(self) -> str:

@@ -298,7 +298,7 @@ class Trainer:
         self.opt_student = torch.optim.Adam(student.parameters(), lr=args.lr, weight_decay=args.weight_decay)
         self.opt_teacher = torch.optim.Adam(self.teacher.head_parameters(), lr=self.teacher_lr,
                                             weight_decay=args.weight_decay)
-        self.start_epoch, self.best_acc1 = 0, -1.0
+        self.start_epoch, self.best_acc1 = 0, 0.0
         self.memory_format = memory_format
         self.use_amp = bool(args.amp and device.type == "cuda")
         if args.amp and device.type != "cuda" and self.is_main:
@@ -341,7 +341,7 @@ class Trainer:
         except (KeyError, RuntimeError, ValueError) as exc:
             raise UserError(f"--resume: {path} does not match this model ({str(exc).splitlines()[0]})") from None
         self.start_epoch = int(ckpt["epoch"])
-        self.best_acc1 = float(ckpt.get("best_acc1", -1.0))
+        self.best_acc1 = float(ckpt.get("best_acc1", 0.0))
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
         if self.is_main:
@@ -349,17 +349,23 @@ class Trainer:
             rewrite_log(self.savedir / LOG, self.start_epoch)
 
     def save(self, epoch: int, val_top1: Optional[float]) -> None:
-        """Checkpoint after ``epoch``; copy to model_best when past warm-up and top-1 improved."""
+        """Checkpoint after ``epoch``; copy it to model_best when top-1 beats every earlier epoch (warm-up
+        epochs included, as in the released code) and the epoch is past warm-up. A run that ends without
+        any model_best (warm-up held the best top-1) gets its last checkpoint as model_best."""
         bidirectional = epoch >= self.args.warmup_epochs
-        improved = bidirectional and val_top1 is not None and val_top1 > self.best_acc1
+        improved = val_top1 is not None and val_top1 > self.best_acc1
         if improved:
             self.best_acc1 = val_top1
+        improved = improved and bidirectional
         if not self.is_main:
             return
         ckpt = self.savedir / CHECKPOINT
         atomic_save(self.state(epoch + 1), ckpt)
         last = epoch == self.args.epochs - 1
-        if improved or (bidirectional and self.data.val is None) or (last and not (self.savedir / BEST).exists()):
+        if improved or (bidirectional and self.data.val is None):
+            copy_atomic(ckpt, self.savedir / BEST)
+        elif last and not (self.savedir / BEST).exists():
+            print(f"note: no epoch after warm-up beat the warm-up's best top-1; {BEST} = the last epoch")
             copy_atomic(ckpt, self.savedir / BEST)
 
     # -- one epoch
@@ -492,7 +498,7 @@ class Trainer:
             if self.is_main:
                 record = {"epoch": epoch, "phase": "bidirectional" if epoch >= args.warmup_epochs else "warmup",
                           "lr": lr_s, "teacher_lr": lr_t, "loss_reverse": None, **stats, "val_top1": top1,
-                          "best_acc1": self.best_acc1 if self.best_acc1 >= 0 else None}
+                          "best_acc1": self.best_acc1}
                 with open(self.savedir / LOG, "a") as fh:
                     fh.write(json.dumps(record) + "\n")
                 top = f"{top1:.2f}%" if top1 is not None else "n/a"

@@ -174,16 +174,31 @@ def test_train_transform_is_seeded_and_changes_images():
     assert a.shape == (8, 3, 32, 32)
 
 
-def test_affine_flip_only_mirrors():
+def test_affine_flip_only_mirrors_exactly():
     img = Image.fromarray(np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3))
     aug = RandomAffineXY(p=1.0)
-    m = None
-    for seed in range(200):  # find a draw that is a pure flip
+    for seed in range(200):  # find a draw that flips and does nothing else
         torch.manual_seed(seed)
-        draws = torch.rand(6).tolist()
-        if draws[1] < 0.5 and all(d >= 0.5 for d in draws[2:5]):
+        drawn = aug.draw()
+        if drawn and drawn[0] and drawn[1] is None:
             torch.manual_seed(seed)
-            m = aug(img)
-            break
-    assert m is not None
-    np.testing.assert_array_equal(np.asarray(m)[:, 1:-1], np.asarray(img)[:, ::-1][:, 1:-1])
+            np.testing.assert_array_equal(np.asarray(aug(img)), np.asarray(img)[:, ::-1])
+            return
+    pytest.fail("no pure flip drawn in 200 seeds")
+
+
+def test_affine_is_about_the_top_left_corner_with_black_fill():
+    """A pure translation by (tx, ty) moves pixel (0, 0) to about (tx, ty) and fills the edge with black."""
+    img = Image.new("RGB", (64, 64), (255, 255, 255))
+    aug = RandomAffineXY(p=1.0)
+    for seed in range(500):
+        torch.manual_seed(seed)
+        flip, c = aug.draw() or (True, None)
+        if not flip and c is not None and c[0] == 1.0 and c[1] == 0.0 and c[4] == 1.0 and c[2] < -3 and c[5] < -3:
+            torch.manual_seed(seed)
+            out = np.asarray(aug(img))
+            tx, ty = -c[2], -c[5]
+            assert out[0, 0].tolist() == [0, 0, 0]                  # uncovered corner: fill 0
+            assert out[int(ty) + 2, int(tx) + 2].tolist() == [255, 255, 255]
+            return
+    pytest.fail("no pure translation drawn")

@@ -175,3 +175,21 @@ def test_torchrun_two_processes_write_one_checkpoint(tree, tmp_path):
     assert res.stdout.count("done:") == 1  # only rank 0 prints
     log = [json.loads(line) for line in (run / LOG).read_text().splitlines()]
     assert len(log) == 2
+
+
+def test_model_best_follows_the_released_rule(tree, tmp_path):
+    """best_acc1 counts warm-up epochs too; model_best is only written after warm-up."""
+    run = tmp_path / "run"
+    args, setting = _args(tree, run, "--epochs", "5", "--warmup_epochs", "2", "--no_figures")
+    trainer = Trainer(args, setting, DistInfo(), torch.device("cpu"))
+    run.mkdir()
+    best = run / "model_best.pth.tar"
+    trainer.save(0, 50.0)          # warm-up, best so far, but no model_best during warm-up
+    assert not best.exists() and trainer.best_acc1 == 50.0
+    trainer.save(1, 40.0)
+    trainer.save(2, 45.0)          # past warm-up but below the warm-up best: still none
+    assert not best.exists()
+    trainer.save(3, 60.0)
+    assert load_checkpoint(best)["epoch"] == 4 and load_checkpoint(best)["best_acc1"] == 60.0
+    trainer.save(4, 55.0)
+    assert load_checkpoint(best)["epoch"] == 4 and load_checkpoint(run / CHECKPOINT)["epoch"] == 5
