@@ -32,7 +32,7 @@ from data.registry import SETTINGS, Setting, SettingPaths, get_setting, resolve_
 from data.transforms import test_transform, train_transform
 from losses import gaussian_prior_kl, semantic_soft_cross_entropy
 from models import SBKAStudent, SBKATeacher, build_student, build_teacher
-from models.sbka import DEFAULT_MODEL, warn_random_weights
+from models.sbka import CLASSIFIER_INIT_STD, DEFAULT_MODEL, warn_random_weights
 from utils.checkpoint import atomic_save, load_checkpoint
 from utils.distributed import DistInfo, all_reduce_sum, average_gradients, barrier, cleanup, init_distributed
 from utils.errors import UserError
@@ -88,6 +88,8 @@ def build_parser(setting: Setting, dataset: str) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=setting.lr, help="student learning rate")
     p.add_argument("--teacher_lr", type=float, default=None,
                    help=f"teacher-head learning rate (default: lr x {setting.teacher_lr_scale})")
+    p.add_argument("--lr_decay", type=float, default=LR_DECAY,
+                   help="lr(e) = lr * lr_decay ** (e / epochs); the released schedule uses 0.001")
     p.add_argument("--weight_decay", type=float, default=setting.weight_decay, help="Adam L2 weight decay")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="loader workers per loader")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
@@ -96,6 +98,9 @@ def build_parser(setting: Setting, dataset: str) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help=f"continue from <savedir>/{CHECKPOINT}")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling, augmentation, prior noise")
     p.add_argument("--max_steps_per_epoch", type=int, default=None, help="cap steps per epoch (smoke runs)")
+    p.add_argument("--classifier_init_std", type=float, default=CLASSIFIER_INIT_STD,
+                   help="std of the new seen-class classifier's truncated-normal init (released: 2e-5; a "
+                        "from-scratch run learns much faster with 0.02)")
     p.add_argument("--val_fraction", type=float, default=VAL_FRACTION,
                    help="per-class hold-out of training sketches when the split has no *_test list")
     p.add_argument("--detach_reverse_target", action="store_true",
@@ -115,14 +120,16 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--workers must be 0 or more, got {args.workers}")
     if args.max_steps_per_epoch is not None and args.max_steps_per_epoch < 1:
         raise UserError(f"--max_steps_per_epoch must be at least 1, got {args.max_steps_per_epoch}")
+    if not 0 < args.lr_decay <= 1:
+        raise UserError(f"--lr_decay must be in (0, 1], got {args.lr_decay}")
     for flag in ("lr", "weight_decay"):
         if not math.isfinite(getattr(args, flag)) or getattr(args, flag) < 0:
             raise UserError(f"--{flag} must be a non-negative number, got {getattr(args, flag)}")
 
 
-def lr_at(base: float, epoch: int, epochs: int) -> float:
+def lr_at(base: float, epoch: int, epochs: int, decay: float = LR_DECAY) -> float:
     """The released schedule: ``base * 0.001 ** (epoch / epochs)``, set at the start of each epoch."""
-    return base * LR_DECAY ** (epoch / epochs)
+    return base * decay ** (epoch / epochs)
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -284,7 +291,7 @@ class Trainer:
         if pretrained is None:
             warn_random_weights()
         torch.manual_seed(args.seed)  # new classifier (and random backbones) depend on the seed only
-        student = build_student(args.model, self.data.n_seen, pretrained)
+        student = build_student(args.model, self.data.n_seen, pretrained, args.classifier_init_std)
         torch.manual_seed(args.seed + 1)
         self.teacher = build_teacher(args.model, pretrained)
         memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -370,7 +377,8 @@ class Trainer:
 
     # -- one epoch
     def set_lr(self, epoch: int) -> tuple[float, float]:
-        lr_s, lr_t = lr_at(self.args.lr, epoch, self.args.epochs), lr_at(self.teacher_lr, epoch, self.args.epochs)
+        a = self.args
+        lr_s, lr_t = lr_at(a.lr, epoch, a.epochs, a.lr_decay), lr_at(self.teacher_lr, epoch, a.epochs, a.lr_decay)
         for g in self.opt_student.param_groups:
             g["lr"] = lr_s
         for g in self.opt_teacher.param_groups:

@@ -15,6 +15,7 @@ from utils.errors import UserError
 
 DEFAULT_MODEL = "convnextv2_tiny"
 IMAGENET_CLASSES = 1000
+CLASSIFIER_INIT_STD = 2e-5   # the released code's init of the new seen-class classifier
 
 
 def _backbone(model_name: str) -> nn.Module:
@@ -32,12 +33,12 @@ def _pre_logits(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class SBKAStudent(nn.Module):
     """Backbone + pretrained 1000-way head (for distillation) + new seen-class classifier."""
 
-    def __init__(self, backbone: nn.Module, n_seen: int):
+    def __init__(self, backbone: nn.Module, n_seen: int, classifier_std: float = CLASSIFIER_INIT_STD):
         super().__init__()
         self.backbone = backbone
         self.feature_dim = backbone.num_features
         self.classifier = nn.Linear(self.feature_dim, n_seen)
-        nn.init.trunc_normal_(self.classifier.weight, std=2e-5)
+        nn.init.trunc_normal_(self.classifier.weight, std=classifier_std)
         nn.init.zeros_(self.classifier.bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -125,8 +126,9 @@ def warn_random_weights() -> None:
                   "its numbers say nothing about SBKA", stacklevel=2)
 
 
-def build_student(model_name: str, n_seen: int, pretrained: str | None = None) -> SBKAStudent:
-    return SBKAStudent(_pretrained_backbone(model_name, pretrained), n_seen)
+def build_student(model_name: str, n_seen: int, pretrained: str | None = None,
+                  classifier_std: float = CLASSIFIER_INIT_STD) -> SBKAStudent:
+    return SBKAStudent(_pretrained_backbone(model_name, pretrained), n_seen, classifier_std)
 
 
 def build_teacher(model_name: str, pretrained: str | None = None) -> SBKATeacher:
