@@ -10,7 +10,7 @@ import torch
 from tqdm import tqdm
 
 from retrieval.cluster_matching import DEFAULT_ALPHA, DEFAULT_SEED, Codebook, blend_, cluster_distances, encode, fit_codebook
-from retrieval.distances import euclidean_distances, squared_norms
+from retrieval.distances import euclidean_distances, euclidean_order_scores, squared_norms
 from retrieval.feature_io import FeatureSet
 from retrieval.metrics import DistanceFn, QueryMetrics, evaluate_ranking
 
@@ -47,7 +47,8 @@ class RetrievalProblem:
         self.gallery_sq_norms = squared_norms(self.gallery)
 
     def distance_fn(self, codebook: Optional[Codebook] = None, alpha: float = DEFAULT_ALPHA) -> DistanceFn:
-        """Query indices -> distances to the gallery: squared Euclidean, or the one-to-many blend."""
+        """Query indices -> ranking values against the gallery (ascending = closer): scores in the
+        Euclidean distance's order (one-to-one), or the one-to-many blend."""
         codes = codewords = None
         if codebook is not None:
             codewords = torch.from_numpy(codebook.codewords).to(self.device)
@@ -55,10 +56,9 @@ class RetrievalProblem:
 
         def distances(idx: np.ndarray) -> torch.Tensor:
             q = self.query[torch.from_numpy(idx).to(self.device)]
-            # One-to-one ranks by the squared distance: the same order, without a square root per pair.
-            dist = euclidean_distances(q, self.gallery, self.gallery_sq_norms, squared=codebook is None)
             if codebook is None:
-                return dist
+                return euclidean_order_scores(q, self.gallery, self.gallery_sq_norms)
+            dist = euclidean_distances(q, self.gallery, self.gallery_sq_norms)
             return blend_(dist, cluster_distances(q, codes, codewords), alpha)
 
         return distances

@@ -3,12 +3,22 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval import reference
-from retrieval.distances import euclidean_distances, sort_rows_
+from retrieval import metrics, reference
+from retrieval.distances import euclidean_distances, euclidean_order_scores, sort_rows_
 from retrieval.metrics import (METRIC_KEYS, PR_RECALL_LEVELS, class_mean, evaluate_ranking, nan_mean,
                                positive_ranks)
 
 CPU = torch.device("cpu")
+
+
+@pytest.fixture(params=["auto", "scan ties", "sort keys"], autouse=True)
+def ranking_path(request, monkeypatch):
+    """Every test runs with the automatic choice and with each of the two exact ranking paths forced."""
+    if request.param == "scan ties":
+        monkeypatch.setattr(metrics, "TIE_SCAN_LIMIT", 10**9)
+    elif request.param == "sort keys":
+        monkeypatch.setattr(metrics, "TIE_SCAN_LIMIT", -1)
+    return request.param
 
 
 def fast_metrics(dist: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, chunk: int = 7):
@@ -85,7 +95,13 @@ def test_euclidean_distances_and_ranking_from_features():
     dist = euclidean_distances(torch.from_numpy(queries), torch.from_numpy(gallery)).numpy()
     exact = np.sqrt(((queries[:, None, :] - gallery[None]) ** 2).sum(-1))
     np.testing.assert_array_equal(dist, exact.astype(np.float32))
-    assert_agree(dist, rng.integers(0, 3, 25), rng.integers(0, 3, 150))
+    query_labels, gallery_labels = rng.integers(0, 3, 25), rng.integers(0, 3, 150)
+    assert_agree(dist, query_labels, gallery_labels)
+    # The one-to-one scores rank exactly as the distances do, ties included.
+    scores = euclidean_order_scores(torch.from_numpy(queries), torch.from_numpy(gallery)).numpy()
+    for name in METRIC_KEYS:
+        np.testing.assert_array_equal(fast_metrics(scores, query_labels, gallery_labels).values[name],
+                                      fast_metrics(dist, query_labels, gallery_labels).values[name])
 
 
 def test_chunk_size_does_not_change_results():
@@ -100,7 +116,8 @@ def test_chunk_size_does_not_change_results():
 def test_positive_ranks_on_a_hand_example():
     dist = torch.tensor([[0.4, 0.1, 0.3, 0.2, 0.5]])
     # ranking: 1, 3, 2, 0, 4 -> positives {0, 2} sit at ranks 4 and 3
-    assert positive_ranks(dist.clone(), torch.tensor([0, 2])).tolist() == [[3, 4]]
+    ranks, _ = positive_ranks(dist, [(slice(0, 1), torch.tensor([0, 2]))])
+    assert [r.tolist() for r in ranks] == [[[3, 4]]]
 
 
 def test_averaging_skips_nan_and_weights_classes_equally():
