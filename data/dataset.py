@@ -65,6 +65,9 @@ class ListDataset(Dataset):
         return img, int(self.labels[index])
 
 
+VAL_FRACTION = 0.05  # per-class hold-out of training sketches where a split has no *_test list
+
+
 def holdout_indices(labels: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic per-class hold-out: (train indices, held-out indices).
 

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
 from data.cid_mask import load_cid_mask
-from data.dataset import ListDataset, holdout_indices
+from data.dataset import VAL_FRACTION, ListDataset, holdout_indices
 from data.lists import read_class_file
 from data.registry import SETTINGS, Setting, SettingPaths, get_setting, resolve_paths
 from data.transforms import test_transform, train_transform
@@ -40,7 +40,6 @@ from utils.errors import UserError
 DEFAULT_PRETRAINED = "pretrained_model/convnextv2_tiny_1k_224_ema.pt"
 PRIOR_WEIGHT = 0.1
 LR_DECAY = 0.001           # lr(e) = base * LR_DECAY ** (e / epochs)
-VAL_FRACTION = 0.05        # per-class hold-out of training sketches where a split has no *_test list
 CHECKPOINT = "checkpoint.pth.tar"
 BEST = "model_best.pth.tar"
 LOG = "log.jsonl"

@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from data.dataset import ListDataset, holdout_indices
+from data.dataset import VAL_FRACTION, ListDataset, holdout_indices
 from data.lists import read_class_file
 from data.registry import SettingPaths
 
@@ -26,7 +26,6 @@ def seen_validation_sets(paths: SettingPaths, n_classes: int, max_queries: Optio
                          max_gallery: Optional[int], seed: int, transform: Optional[Callable] = None
                          ) -> tuple[ListDataset, ListDataset, str]:
     """(query sketches, gallery photos, one-line description) of the seen-class validation task."""
-    from engine.train import VAL_FRACTION   # the training's hold-out, so these sketches were not trained on
 
     n_seen = len(read_class_file(paths.class_file))
     val_list = paths.list_file("sketch_test")

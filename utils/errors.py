@@ -44,7 +44,8 @@ def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] 
     try:
         main(args)
     except KeyboardInterrupt:
-        print("interrupted: files already written are kept; rerun with --resume to continue.", file=sys.stderr)
+        print("interrupted: files already written are kept (a training run continues with --resume).",
+              file=sys.stderr)
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
         if debug:
