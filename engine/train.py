@@ -33,7 +33,7 @@ from data.transforms import test_transform, train_transform
 from losses import gaussian_prior_kl, semantic_soft_cross_entropy
 from models import SBKAStudent, SBKATeacher, build_student, build_teacher
 from models.sbka import CLASSIFIER_INIT_STD, DEFAULT_MODEL, warn_random_weights
-from utils.checkpoint import atomic_save, load_checkpoint
+from utils.checkpoint import atomic_save, atomic_write, load_checkpoint
 from utils.distributed import DistInfo, all_reduce_sum, average_gradients, barrier, cleanup, init_distributed
 from utils.errors import UserError
 
@@ -197,9 +197,8 @@ def seed_epoch(seed: int, epoch: int, rank: int) -> None:
 
 
 def copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with open(src, "rb") as source:
+        atomic_write(dst, lambda fh: shutil.copyfileobj(source, fh))
 
 
 def rewrite_log(log_path: Path, keep_before_epoch: int) -> None:
@@ -213,9 +212,7 @@ def rewrite_log(log_path: Path, keep_before_epoch: int) -> None:
                 kept.append(line)
         except json.JSONDecodeError:
             continue  # a line cut by a crash
-    tmp = log_path.with_name(f".{log_path.name}.tmp")
-    tmp.write_text("".join(k + "\n" for k in kept))
-    os.replace(tmp, log_path)
+    atomic_write(log_path, lambda fh: fh.write("".join(k + "\n" for k in kept).encode("utf-8")))
 
 
 # ----------------------------------------------------------------------------------------------- steps

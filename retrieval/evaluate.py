@@ -26,6 +26,7 @@ from retrieval.figures import write_examples_figure, write_pr_figure
 from retrieval.report import ReportContext, console_report, write_results
 from retrieval.search import QuantizerOptions, RetrievalProblem, SweepEntry
 from retrieval.seen_validation import seen_validation_sets
+from utils.distributed import select_device
 from utils.errors import UserError
 
 CHECKPOINT_FILE = "model_best.pth.tar"
@@ -80,20 +81,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--alpha must be between 0 and 1, got {args.alpha}")
     if args.gmm_max_samples is not None and args.gmm_max_samples < 2:
         raise UserError(f"--gmm_max_samples must be at least 2, got {args.gmm_max_samples}")
-
-
-def resolve_device(name: Optional[str]) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UserError(f"--device {name} is not a device (use cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {name}: only cpu and cuda are supported")
-    return device
 
 
 def train_command(setting: Setting, resume_dir: Path) -> str:
@@ -240,7 +227,7 @@ def main(argv: Optional[Sequence[str]], setting_name: str) -> None:
     setting = get_setting(setting_name)
     args = build_parser(setting).parse_args(argv)
     check_args(args)
-    device = resolve_device(args.device)
+    device = select_device(args.device)
     torch.set_float32_matmul_precision("highest")     # no TF32: rankings must not depend on the card
     resume_dir = Path(args.resume_dir)
     source = StudentSource(setting, Path(args.checkpoint) if args.checkpoint else resume_dir / CHECKPOINT_FILE, device)

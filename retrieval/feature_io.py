@@ -5,14 +5,13 @@ query_labels (Nq,), scores or None]``. Files written here and the authors' files
 """
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from utils.checkpoint import atomic_write
 from utils.errors import UserError
 from utils.safe_pickle import safe_load
 
@@ -87,16 +86,6 @@ def load_features(path: str | Path) -> FeatureSet:
 
 def save_features(features: FeatureSet, path: str | Path) -> None:
     """Write the released five-item list atomically (a crash leaves no half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = [features.gallery.astype(np.float32), features.gallery_labels.astype(np.int64),
                features.query.astype(np.float32), features.query_labels.astype(np.int64), None]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pickle.dump(payload, fh, protocol=PICKLE_PROTOCOL)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: pickle.dump(payload, fh, protocol=PICKLE_PROTOCOL))

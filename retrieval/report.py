@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from retrieval.metrics import METRIC_KEYS
+from utils.checkpoint import atomic_write
 
 AVERAGINGS = ("per_class", "per_query")
 AVERAGING_NOTE = ("per class = mean over classes of the mean over each class's queries (SBKA's test script); "
@@ -141,9 +141,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def write_results(out_dir: Path, results: dict[str, Any], ctx: ReportContext) -> None:

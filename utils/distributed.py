@@ -30,8 +30,10 @@ def select_device(flag: str | None, local_rank: int = 0) -> torch.device:
     name = flag or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device (use cpu, cuda or cuda:N)") from None
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {name} is not a device (use cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: only cpu and cuda are supported")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
