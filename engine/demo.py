@@ -42,13 +42,17 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--data_root", default="datasets/Demo", help="where the demo dataset is generated")
     p.add_argument("--savedir", default="checkpoint/demo", help="run directory (replaced on every demo)")
     p.add_argument("--img_size", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--warmup_epochs", type=int, default=6)
-    p.add_argument("--batch_size", type=int, default=24)
+    p.add_argument("--epochs", type=int, default=7)
+    p.add_argument("--warmup_epochs", type=int, default=4)
+    p.add_argument("--batch_size", type=int, default=30, help="10 sketches + 20 photos, the Sketchy split")
     p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--lr_decay", type=float, default=0.1, help="lr(e) = lr * lr_decay ** (e / epochs)")
-    p.add_argument("--sketches_per_class", type=int, default=40)
-    p.add_argument("--photos_per_class", type=int, default=40)
+    p.add_argument("--lr_decay", type=float, default=1.0, help="lr(e) = lr * lr_decay ** (e / epochs)")
+    p.add_argument("--augment", choices=("released", "none"), default="none",
+                   help="training augmentation (the released one slows learning from random weights)")
+    p.add_argument("--max_steps_per_epoch", type=int, default=None, help="cap training steps per epoch")
+    p.add_argument("--sketches_per_class", type=int, default=360, help="per seen class (20%% become validation)")
+    p.add_argument("--photos_per_class", type=int, default=320, help="per seen class")
+    p.add_argument("--zero_per_class", type=int, default=100, help="sketches and photos per unseen class")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mode", type=int, choices=(1, 2), default=2, help="test mode (2 = with one-to-many)")
@@ -88,19 +92,23 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     force = (data_root / "Sketchy" / MARKER_FILE).exists()
     print(f"[1/4] generating the demo dataset in {data_root}", flush=True)
     split_dir = generate_demo_dataset(data_root, seed=args.seed, sketches_per_class=args.sketches_per_class,
-                                      photos_per_class=args.photos_per_class, force=force) / "zeroshot1"
+                                      photos_per_class=args.photos_per_class, force=force,
+                                      zero_per_class=args.zero_per_class, workers=max(1, args.workers)) / "zeroshot1"
 
     print("[2/4] scoring the untrained network on the unseen classes (the baseline)", flush=True)
     baseline = untrained_baseline(args, split_dir, savedir / "untrained")
 
     print(f"[3/4] training SBKA from random weights: {DEMO_MODEL}, {args.img_size}px, batch {args.batch_size}, "
-          f"lr {args.lr:g}, {args.epochs} epochs ({args.warmup_epochs} warm-up)", flush=True)
+          f"lr {args.lr:g}, {args.epochs} epochs ({args.warmup_epochs} warm-up), augmentation {args.augment}", flush=True)
     common = ["--data_root", str(data_root), "--seed", str(args.seed),
               "--workers", str(args.workers)] + (["--no_figures"] if args.no_figures else [])
     train.main("sketchy", ["--savedir", str(savedir), "--pretrained", "none", "--model", DEMO_MODEL,
                            "--img_size", str(args.img_size), "--epochs", str(args.epochs),
                            "--warmup_epochs", str(args.warmup_epochs), "--batch_size", str(args.batch_size),
-                           "--lr", str(args.lr), "--lr_decay", str(args.lr_decay), "--classifier_init_std", str(DEMO_CLASSIFIER_STD), *common])
+                           "--lr", str(args.lr), "--lr_decay", str(args.lr_decay), "--augment", args.augment,
+                           "--classifier_init_std", str(DEMO_CLASSIFIER_STD),
+                           *(["--max_steps_per_epoch", str(args.max_steps_per_epoch)] if args.max_steps_per_epoch else []),
+                           *common])
 
     print(f"[4/4] testing (mode {args.mode}{': one-to-one and one-to-many cluster matching' if args.mode == 2 else ''})",
           flush=True)

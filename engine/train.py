@@ -89,6 +89,9 @@ def build_parser(setting: Setting, dataset: str) -> argparse.ArgumentParser:
                    help=f"teacher-head learning rate (default: lr x {setting.teacher_lr_scale})")
     p.add_argument("--lr_decay", type=float, default=LR_DECAY,
                    help="lr(e) = lr * lr_decay ** (e / epochs); the released schedule uses 0.001")
+    p.add_argument("--augment", choices=("released", "none"), default="released",
+                   help="training augmentation: the released flip/scale/rotation/translation, or none (the demo's "
+                        "choice: from random weights on a few thousand images it learns several times faster)")
     p.add_argument("--weight_decay", type=float, default=setting.weight_decay, help="Adam L2 weight decay")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="loader workers per loader")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
@@ -142,13 +145,18 @@ class TrainData:
     class_names: list[str]
 
 
-def build_data(setting: Setting, paths: SettingPaths, img_size: int, val_fraction: float) -> TrainData:
-    """Training sketches/photos and the validation sketches of one setting."""
+def build_data(setting: Setting, paths: SettingPaths, img_size: int, val_fraction: float,
+               augment: str = "released") -> TrainData:
+    """Training sketches/photos and the validation sketches of one setting.
+
+    ``augment``: ``released`` (the original code's flip/scale/rotation/translation) or ``none``.
+    """
     names = read_class_file(paths.class_file)
     n_seen = len(names)
     cls_file = paths.class_file
-    sketches = ListDataset.from_list(paths.root, paths.list_file("sketch_train"), n_seen, train_transform(img_size), cls_file)
-    photos = ListDataset.from_list(paths.root, paths.list_file("photo_train"), n_seen, train_transform(img_size), cls_file)
+    tf = train_transform(img_size) if augment == "released" else test_transform(img_size)
+    sketches = ListDataset.from_list(paths.root, paths.list_file("sketch_train"), n_seen, tf, cls_file)
+    photos = ListDataset.from_list(paths.root, paths.list_file("photo_train"), n_seen, tf, cls_file)
     val_list = paths.list_file("sketch_test")
     if val_list is not None:
         val = ListDataset.from_list(paths.root, val_list, n_seen, test_transform(img_size), cls_file)
@@ -263,7 +271,7 @@ class Trainer:
         self.savedir = Path(args.savedir)
         self.is_main = info.is_main
         paths = resolve_paths(setting, args.data_root)
-        self.data = build_data(setting, paths, args.img_size, args.val_fraction)
+        self.data = build_data(setting, paths, args.img_size, args.val_fraction, args.augment)
         self.cid_mask = (load_cid_mask(paths.cid_mask_file, self.data.n_seen).to(device)
                          if setting.use_cid_mask else None)
 

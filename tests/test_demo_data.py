@@ -145,8 +145,21 @@ def test_force_never_deletes_a_folder_it_did_not_make(tmp_path: Path) -> None:
     assert (real / "cname_cid.txt").read_text() == "airplane 0\n"
 
 
+def test_unseen_count_and_parallel_drawing(tmp_path: Path) -> None:
+    kwargs = dict(seed=1, sketches_per_class=4, photos_per_class=3, size=32, zero_per_class=2)
+    generate_demo_dataset(tmp_path / "one", workers=1, **kwargs)
+    generate_demo_dataset(tmp_path / "two", workers=2, **kwargs)   # 80 images: drawn by a process pool
+    one, two = _tree_bytes(tmp_path / "one" / "Sketchy"), _tree_bytes(tmp_path / "two" / "Sketchy")
+    assert one == two                                    # the pool changes nothing, byte for byte
+    paths = resolve_paths(get_setting("sketchy/zeroshot1"), tmp_path / "one")
+    counts = {role: len(_listed(paths, role)[0]) for role in SAKE_NAMES}
+    n_seen, n_unseen = len(SEEN_CLASSES), len(UNSEEN_CLASSES)
+    assert counts == {"sketch_train": n_seen * 3, "sketch_test": n_seen * 1, "photo_train": n_seen * 3,
+                      "sketch_zero": n_unseen * 2, "photo_zero": n_unseen * 2}
+
+
 @pytest.mark.parametrize("kwargs", [dict(sketches_per_class=1), dict(photos_per_class=0), dict(size=8),
-                                    dict(seed=-1)])
+                                    dict(seed=-1), dict(zero_per_class=0)])
 def test_rejects_bad_arguments(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(UserError):
         generate_demo_dataset(tmp_path, **kwargs)

@@ -193,3 +193,16 @@ def test_model_best_follows_the_released_rule(tree, tmp_path):
     assert load_checkpoint(best)["epoch"] == 4 and load_checkpoint(best)["best_acc1"] == 60.0
     trainer.save(4, 55.0)
     assert load_checkpoint(best)["epoch"] == 4 and load_checkpoint(run / CHECKPOINT)["epoch"] == 5
+
+
+@pytest.mark.parametrize("augment", ["released", "none"])
+def test_augment_flag_chooses_the_training_transform(tree, tmp_path, augment):
+    args, setting = _args(tree, tmp_path / "run", "--augment", augment, "--no_figures")
+    trainer = Trainer(args, setting, DistInfo(), torch.device("cpu"))
+    sketches = trainer.data.sketches
+    torch.manual_seed(0)
+    views = [sketches[0][0] for _ in range(12)]
+    identical = all(torch.equal(views[0], v) for v in views[1:])
+    # the released augmentation leaves an image alone with probability 0.3 + 0.7 * 1/16: 12 identical draws
+    # happen with probability < 1e-5; without augmentation every draw is the same tensor.
+    assert identical == (augment == "none")
