@@ -345,6 +345,13 @@ def _write_list(path: Path, entries: Sequence[tuple[str, int]]) -> None:
     path.write_text("".join(f"{rel} {label}\n" for rel, label in entries), encoding="utf-8")
 
 
+def _zero_counts(sketches_per_class: int, photos_per_class: int, zero_per_class: int | None) -> tuple[int, int]:
+    """(sketches, photos) of each unseen class: ``zero_per_class`` of each, or the seen-class counts."""
+    if zero_per_class is None:
+        return sketches_per_class, photos_per_class
+    return zero_per_class, zero_per_class
+
+
 def _draw_and_save(job: tuple[str, str, int, int, int, str]) -> None:
     """Draw one image and write it (a module-level function, so that a process pool can run it)."""
     kind, name, seed, index, size, path = job
@@ -388,8 +395,7 @@ def generate_demo_dataset(out_root: Path, seed: int = 0,
         raise UserError(f"--zero_per_class must be >= 1, got {zero_per_class}")
     if size < 32:
         raise UserError(f"--size must be >= 32 pixels, got {size}")
-    zero_sketches = sketches_per_class if zero_per_class is None else zero_per_class
-    zero_photos = photos_per_class if zero_per_class is None else zero_per_class
+    zero_sketches, zero_photos = _zero_counts(sketches_per_class, photos_per_class, zero_per_class)
     setting = get_setting(SETTING_NAME)
     root = Path(out_root) / setting.dataset_dir
     _prepare_target(root, force)
@@ -452,8 +458,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.perf_counter()
     root = generate_demo_dataset(args.out, args.seed, args.sketches_per_class, args.photos_per_class,
                                  args.size, args.force, args.zero_per_class, args.workers)
-    n_zero_sk = args.sketches_per_class if args.zero_per_class is None else args.zero_per_class
-    n_zero_ph = args.photos_per_class if args.zero_per_class is None else args.zero_per_class
+    n_zero_sk, n_zero_ph = _zero_counts(args.sketches_per_class, args.photos_per_class, args.zero_per_class)
     n_val = _n_val(args.sketches_per_class)
     n_seen, n_unseen = len(SEEN_CLASSES), len(UNSEEN_CLASSES)
     print(f"demo dataset: {n_seen} seen + {n_unseen} unseen classes; sketches "

@@ -18,12 +18,10 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
 
 from data.demo import MARKER_FILE, generate_demo_dataset
 from data.lists import read_class_file
 from engine import train
-from models import build_student
 from retrieval import evaluate
 from utils.checkpoint import atomic_save
 from utils.errors import UserError, run_cli
@@ -49,7 +47,6 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--lr_decay", type=float, default=1.0, help="lr(e) = lr * lr_decay ** (e / epochs)")
     p.add_argument("--augment", choices=("released", "none"), default="none",
                    help="training augmentation (the released one slows learning from random weights)")
-    p.add_argument("--max_steps_per_epoch", type=int, default=None, help="cap training steps per epoch")
     p.add_argument("--sketches_per_class", type=int, default=360, help="per seen class (20%% become validation)")
     p.add_argument("--photos_per_class", type=int, default=320, help="per seen class")
     p.add_argument("--zero_per_class", type=int, default=100, help="sketches and photos per unseen class")
@@ -69,8 +66,7 @@ def _unseen_map(resume_dir: Path) -> float:
 def untrained_baseline(args: argparse.Namespace, split_dir: Path, out: Path) -> float:
     """Unseen-class mAP@all (one-to-one, per class) of the network the training starts from."""
     n_seen = len(read_class_file(split_dir / "cname_cid.txt"))
-    torch.manual_seed(args.seed)  # the trainer seeds the same way before building its student
-    student = build_student(DEMO_MODEL, n_seen, classifier_std=DEMO_CLASSIFIER_STD)
+    student = train.initial_student(DEMO_MODEL, n_seen, None, DEMO_CLASSIFIER_STD, args.seed)
     atomic_save({"config": {"setting": SETTING, "model": DEMO_MODEL, "n_seen": n_seen, "img_size": args.img_size},
                  "state_dict": student.state_dict(), "epoch": 0, "best_acc1": 0.0}, out / "model_best.pth.tar")
     evaluate.main(["--data_root", args.data_root, "--resume_dir", str(out), "--mode", "1", "--no_figures",
@@ -107,7 +103,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
                            "--warmup_epochs", str(args.warmup_epochs), "--batch_size", str(args.batch_size),
                            "--lr", str(args.lr), "--lr_decay", str(args.lr_decay), "--augment", args.augment,
                            "--classifier_init_std", str(DEMO_CLASSIFIER_STD),
-                           *(["--max_steps_per_epoch", str(args.max_steps_per_epoch)] if args.max_steps_per_epoch else []),
                            *common])
 
     print(f"[4/4] testing (mode {args.mode}{': one-to-one and one-to-many cluster matching' if args.mode == 2 else ''})",

@@ -263,6 +263,13 @@ def sbka_losses(student: torch.nn.Module, teacher: SBKATeacher, x: torch.Tensor,
     return total, terms
 
 
+def initial_student(model: str, n_seen: int, pretrained: Optional[str], classifier_std: float,
+                    seed: int) -> SBKAStudent:
+    """The student a run starts from: its new classifier (and a random backbone) depend on ``seed`` only."""
+    torch.manual_seed(seed)
+    return build_student(model, n_seen, pretrained, classifier_std)
+
+
 class Trainer:
     """Holds models, optimisers and loaders of one run; ``fit`` runs the epochs."""
 
@@ -294,8 +301,7 @@ class Trainer:
         pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
         if pretrained is None:
             warn_random_weights()
-        torch.manual_seed(args.seed)  # new classifier (and random backbones) depend on the seed only
-        student = build_student(args.model, self.data.n_seen, pretrained, args.classifier_init_std)
+        student = initial_student(args.model, self.data.n_seen, pretrained, args.classifier_init_std, args.seed)
         torch.manual_seed(args.seed + 1)
         self.teacher = build_teacher(args.model, pretrained)
         memory_format = torch.channels_last if args.channels_last else torch.contiguous_format

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.train import CHECKPOINT, LOG, Trainer, build_parser, choose_setting, main, seed_epoch
+from engine.train import CHECKPOINT, LOG, Trainer, build_parser, choose_setting, initial_student, main, seed_epoch
 from tests.fixtures import make_tree
 from utils.checkpoint import load_checkpoint
 from utils.distributed import DistInfo
@@ -206,3 +206,13 @@ def test_augment_flag_chooses_the_training_transform(tree, tmp_path, augment):
     # the released augmentation leaves an image alone with probability 0.3 + 0.7 * 1/16: 12 identical draws
     # happen with probability < 1e-5; without augmentation every draw is the same tensor.
     assert identical == (augment == "none")
+
+
+def test_the_demo_baseline_is_the_network_training_starts_from(tree, tmp_path):
+    args, setting = _args(tree, tmp_path / "run", "--seed", "5", "--classifier_init_std", "0.02", "--no_figures")
+    trainer = Trainer(args, setting, DistInfo(), torch.device("cpu"))
+    rebuilt = initial_student("convnextv2_atto", trainer.data.n_seen, None, 0.02, seed=5)
+    other = initial_student("convnextv2_atto", trainer.data.n_seen, None, 0.02, seed=6)
+    ours = trainer.student_module.state_dict()
+    assert all(torch.equal(v, rebuilt.state_dict()[k]) for k, v in ours.items())
+    assert not torch.equal(ours["classifier.weight"], other.state_dict()["classifier.weight"])
