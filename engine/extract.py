@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -11,13 +11,16 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from data.registry import Setting
-from models import SBKAStudent, load_student_checkpoint
+from models import SBKAStudent, load_student_checkpoint, student_from_checkpoint
 from utils.errors import UserError
 
 
-def load_student_for(setting: Setting, checkpoint: Path, device: torch.device) -> tuple[SBKAStudent, dict[str, Any]]:
-    """The trained student of ``checkpoint``; refuses a checkpoint trained for another setting."""
-    student, config = load_student_checkpoint(checkpoint, device)
+def load_student_for(setting: Setting, checkpoint: Path, device: torch.device,
+                     ckpt: Optional[dict[str, Any]] = None) -> tuple[SBKAStudent, dict[str, Any]]:
+    """The trained student of ``checkpoint`` (``ckpt``: its content, when already read); refuses a checkpoint
+    trained for another setting."""
+    student, config = (load_student_checkpoint(checkpoint, device) if ckpt is None
+                       else student_from_checkpoint(ckpt, checkpoint, device))
     trained_for = config.get("setting")
     if trained_for is not None and trained_for != setting.name:
         raise UserError(f"checkpoint {checkpoint} was trained for {trained_for}, not {setting.name}: "

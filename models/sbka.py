@@ -143,7 +143,12 @@ def load_student_checkpoint(path: str | Path, device: torch.device | str = "cpu"
     """
     from utils.checkpoint import load_checkpoint  # local import: utils must not import models
 
-    ckpt = load_checkpoint(path)
+    return student_from_checkpoint(load_checkpoint(path), path, device)
+
+
+def student_from_checkpoint(ckpt: dict[str, Any], path: str | Path,
+                            device: torch.device | str = "cpu") -> tuple[SBKAStudent, dict[str, Any]]:
+    """:func:`load_student_checkpoint` on a checkpoint already read from ``path``."""
     config = ckpt.get("config")
     state = ckpt.get("state_dict")
     if not isinstance(config, dict) or not isinstance(state, dict):

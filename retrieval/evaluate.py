@@ -1,10 +1,13 @@
 """Zero-shot SBIR test (METHOD.md sections 6-7): what the four ``test_*.py`` scripts run.
 
-``main(argv, setting_name)``: features from ``<resume_dir>/features_zero.pickle`` when it exists (no
-dataset, model or checkpoint needed), otherwise extracted with the trained student and written there;
-then the one-to-one metrics, and in mode 2 the released scripts' one-to-many sweep on the test set plus
-the honest figure (M, K chosen on seen-class validation data). Tables on stdout, ``results.json``,
-``results.md`` and two figures in the resume dir.
+``main(argv, setting_name)``: first the run folder is checked (retrieval.run_folder): a checkpoint, features
+or results of another setting, or a stale ``model_best.pth.tar``, are refused before anything is written.
+Features come from ``<resume_dir>/features_zero.pickle`` when its sidecar (``features_zero.json``) names the
+weights present now, or when it has no sidecar (the authors' release: checked, provenance unknown; no
+dataset, model or checkpoint needed); otherwise they are extracted with the trained student and written
+there with their sidecar. Then the one-to-one metrics, and in mode 2 the released scripts' one-to-many
+sweep on the test set plus the honest figure (M, K chosen on seen-class validation data). Tables on stdout,
+``results.json`` (with the provenance of what was scored), ``results.md`` and two figures in the resume dir.
 """
 from __future__ import annotations
 
@@ -22,19 +25,32 @@ from data.lists import read_class_file
 from data.registry import SETTINGS, Setting, SettingPaths, get_setting, resolve_paths
 from retrieval.cluster_matching import COVARIANCE_TYPES, DEFAULT_ALPHA, DEFAULT_SEED, QUANTIZERS, check_pq_shape
 from retrieval.feature_io import FEATURES_FILE, FeatureSet, load_features, save_features
-from retrieval.figures import write_examples_figure, write_pr_figure
+from retrieval.figures import EXAMPLE_ROWS, write_examples_figure, write_pr_figure
 from retrieval.report import ReportContext, console_report, write_results
+from retrieval.run_folder import (CHECKPOINT_FILE, UNKNOWN, ZERO_ROLES, CheckpointInfo, check_best_is_current,
+                                  check_checkpoint_setting, check_folder_sidecars, check_unlabelled_origin,
+                                  previous_results, read_checkpoint, refuse_foreign, same_features, short,
+                                  stale_reason, zero_lists, zero_sidecar)
 from retrieval.search import QuantizerOptions, RetrievalProblem, SweepEntry
 from retrieval.seen_validation import seen_validation_sets
 from utils.distributed import select_device
 from utils.errors import UserError
+from utils.provenance import (file_sha256, list_fingerprint, project_version, read_sidecar, sidecar_path,
+                              write_sidecar)
 
-CHECKPOINT_FILE = "model_best.pth.tar"
+DEFAULT_DATA_ROOT = "datasets"
+EXAMPLE_ROWS_PER_RANKING = 5       # mode 2: each example query is drawn once per ranking
 SELECTED_ON = "seen-class validation"
 FROM_FILE = "features read from"
 
 
 # ----------------------------------------------------------------------------------------------- arguments
+def _default_said(text: str) -> str:
+    """Help that states its own default: the formatter appends ``(default: ...)`` only to help without
+    ``%(default)``, and ``%(default).0s`` prints nothing, so the default is shown once, in words."""
+    return text + "%(default).0s"
+
+
 def build_parser(setting: Setting) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=f"Zero-shot sketch-based image retrieval test on {setting.name} (SBKA). With no flags "
@@ -42,8 +58,11 @@ def build_parser(setting: Setting) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--resume_dir", default=setting.checkpoint_dir,
                    help=f"holds {FEATURES_FILE}, {CHECKPOINT_FILE} and receives the results")
-    p.add_argument("--data_root", default="datasets", help=f"folder holding {setting.dataset_dir}/")
-    p.add_argument("--checkpoint", default=None, help=f"student checkpoint (default: <resume_dir>/{CHECKPOINT_FILE})")
+    p.add_argument("--data_root", default=None,
+                   help=_default_said(f"folder holding {setting.dataset_dir}/ (default: the one stored in the "
+                                      f"checkpoint when that folder still exists, else {DEFAULT_DATA_ROOT})"))
+    p.add_argument("--checkpoint", default=None,
+                   help=_default_said(f"student checkpoint (default: <resume_dir>/{CHECKPOINT_FILE})"))
     p.add_argument("--extract", action="store_true",
                    help=f"extract features with the checkpoint even if {FEATURES_FILE} exists (overwrites it)")
     p.add_argument("--mode", type=int, choices=(1, 2), default=2,
@@ -56,16 +75,21 @@ def build_parser(setting: Setting) -> argparse.ArgumentParser:
     p.add_argument("--gmm_covariance", choices=COVARIANCE_TYPES, default="full",
                    help="GaussianMixture covariance type ('diag' is much faster)")
     p.add_argument("--gmm_max_samples", type=int, default=None,
-                   help="fit the codewords on a seeded sample of this many gallery items (default: all)")
+                   help=_default_said("fit the codewords on a seeded sample of this many gallery items "
+                                      "(default: all of them)"))
     p.add_argument("--seed", type=int, default=DEFAULT_SEED,
                    help="seed of the codeword fit, the seen-class draw and the example queries")
     p.add_argument("--val_max_queries", type=int, default=2000, help="cap on seen-class validation sketches")
     p.add_argument("--val_max_gallery", type=int, default=20000, help="cap on seen-class validation photos")
     p.add_argument("--batch_size", type=int, default=80, help="images per extraction batch")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="image loader workers")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
+    p.add_argument("--device", default=None,
+                   help=_default_said("cpu, cuda, cuda:N (default: cuda when present, else cpu)"))
     p.add_argument("--amp", action="store_true", help="bf16 autocast for extraction on CUDA")
     p.add_argument("--chunk", type=int, default=1024, help="queries per distance block (bounds memory)")
+    p.add_argument("--label", default=None,
+                   help=_default_said("name shown in the reports and figure titles (default: the setting, "
+                                      f"{setting.name})"))
     p.add_argument("--no_figures", action="store_true", help="do not write pr_curve.png / retrieval_examples.png")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p
@@ -94,26 +118,67 @@ def train_command(setting: Setting, resume_dir: Path) -> str:
     return cmd
 
 
-# ----------------------------------------------------------------------------------------------- features
+# ----------------------------------------------------------------------------------------------- run folder
 class StudentSource:
-    """The trained student, loaded on first use: runs on a features file never need it."""
+    """The checkpoint (read once, its weights hashed) and the trained student, built on first use: runs on a
+    features file never need the model."""
 
-    def __init__(self, setting: Setting, checkpoint: Path, device: torch.device):
-        self.setting, self.checkpoint, self.device = setting, checkpoint, device
+    def __init__(self, setting: Setting, checkpoint: Path, info: Optional[CheckpointInfo], device: torch.device):
+        self.setting, self.checkpoint, self.info, self.device = setting, checkpoint, info, device
         self._loaded: Optional[tuple[Any, dict]] = None
 
     @property
     def available(self) -> bool:
-        return self.checkpoint.is_file()
+        return self.info is not None
 
     def get(self) -> tuple[Any, dict]:
         if self._loaded is None:
             from engine.extract import load_student_for   # lazy: runs on a features file need no timm
 
-            self._loaded = load_student_for(self.setting, self.checkpoint, self.device)
+            self._loaded = load_student_for(self.setting, self.checkpoint, self.device, self.info.ckpt)
         return self._loaded
 
 
+def inspect_run_folder(args: argparse.Namespace, setting: Setting, resume_dir: Path,
+                       device: torch.device, ctx: ReportContext) -> StudentSource:
+    """Read the checkpoint and refuse a folder of another setting or a stale best, before anything is written."""
+    path = Path(args.checkpoint) if args.checkpoint else resume_dir / CHECKPOINT_FILE
+    info = None
+    if path.is_file():
+        try:
+            info = read_checkpoint(path)
+        except UserError as exc:
+            features = resume_dir / FEATURES_FILE
+            if args.extract or not features.is_file() or sidecar_path(features).is_file():
+                raise
+            ctx.notes.append(f"{exc} (ignored: the features file is used as found)")
+    if info is not None:
+        check_checkpoint_setting(info, setting, resume_dir)
+        if args.checkpoint is None:
+            check_best_is_current(info, resume_dir, setting)
+    check_folder_sidecars(resume_dir, setting)
+    return StudentSource(setting, path, info, device)
+
+
+def resolve_data_root(args: argparse.Namespace, source: StudentSource) -> str:
+    """--data_root, else the one stored with the checkpoint when that folder still exists, else the default."""
+    if args.data_root is not None:
+        return args.data_root
+    stored = source.info.args.get("data_root") if source.info is not None else None
+    if isinstance(stored, str) and stored and Path(stored).is_dir():
+        print(f"data_root: {stored} (stored in {source.checkpoint}; --data_root overrides it)", flush=True)
+        return stored
+    return DEFAULT_DATA_ROOT
+
+
+def dataset_paths(setting: Setting, data_root: str) -> Optional[SettingPaths]:
+    try:
+        return resolve_paths(setting, data_root)
+    except UserError:
+        return None
+
+
+# ----------------------------------------------------------------------------------------------- features
 def embed_sets(source: StudentSource, gallery: ListDataset, queries: ListDataset,
                args: argparse.Namespace, what: str) -> FeatureSet:
     """Student features of a gallery and a query dataset."""
@@ -133,13 +198,47 @@ def image_transform(source: StudentSource):
     return test_transform(int(source.get()[1].get("img_size", 224)))
 
 
-def zero_features(args: argparse.Namespace, setting: Setting, resume_dir: Path,
-                  source: StudentSource) -> tuple[FeatureSet, str]:
-    """The test features and where they came from: the features file, else extraction (written there)."""
+def save_with_sidecar(features: FeatureSet, path: Path, record: dict) -> dict:
+    """Features, then their provenance; the old sidecar goes first, so a crash in between leaves features of
+    unknown provenance, never a sidecar that describes other features."""
+    sidecar_path(path).unlink(missing_ok=True)
+    save_features(features, path)
+    write_sidecar(path, record)
+    return read_sidecar(path)
+
+
+def describe_record(record: dict) -> str:
+    return (f"extracted with {record.get('checkpoint')} (run {short(record.get('run_id'))}, weights "
+            f"{short(record.get('student_sha256'))}, {record.get('img_size')} px)")
+
+
+def zero_features(args: argparse.Namespace, setting: Setting, resume_dir: Path, source: StudentSource,
+                  ctx: ReportContext) -> tuple[FeatureSet, Any]:
+    """The test features and their provenance (the sidecar's record, or "unknown"): the features file when it
+    is current, else extracted (and written there with its sidecar). Sets ``ctx.features_source``."""
     path = resume_dir / FEATURES_FILE
+    paths = dataset_paths(setting, args.data_root)
     if path.is_file() and not args.extract:
-        return load_features(path), f"{FROM_FILE} {path}"
-    if not source.available:
+        features = load_features(path)
+        record = read_sidecar(path)
+        if record is None:
+            checked = check_unlabelled_origin(features, setting, paths, path, resume_dir)
+            ctx.features_source = (f"{FROM_FILE} {path}; provenance unknown: no {sidecar_path(path).name}, as for "
+                                   f"the authors' released file; checked: {checked}")
+            if source.available:
+                ctx.notes.append(f"{path.name} does not record what made it: it may not come from "
+                                 f"{source.checkpoint}; add --extract to extract new features with it")
+            return features, UNKNOWN
+        reason = stale_reason(record, source.info, zero_lists(paths) if paths else None, f"the features in {path}")
+        if reason is None:
+            ctx.features_source = f"{FROM_FILE} {path}, {describe_record(record)}"
+            return features, record
+        if not source.available:
+            raise UserError(f"{reason}, and there is no checkpoint {source.checkpoint} to extract them again: "
+                            f"pass --checkpoint or --extract with the right model (nothing was written)")
+        print(f"{reason}: extracting them again", flush=True)
+        ctx.notes.append(f"{reason}: they were extracted again")
+    elif not source.available:
         if args.checkpoint is not None:
             raise UserError(f"checkpoint {source.checkpoint} (--checkpoint) does not exist")
         if args.extract:
@@ -152,27 +251,64 @@ def zero_features(args: argparse.Namespace, setting: Setting, resume_dir: Path,
     n_unseen = len(read_class_file(paths.zero_class_file))
     transform = image_transform(source)
     photos, sketches = (ListDataset.from_list(paths.root, paths.list_file(role), n_unseen, transform,
-                                              paths.zero_class_file) for role in ("photo_zero", "sketch_zero"))
+                                              paths.zero_class_file) for role in ZERO_ROLES)
     features = embed_sets(source, photos, sketches, args, "unseen-class")
-    save_features(features, path)
-    return features, f"extracted with {source.checkpoint}, written to {path}"
+    record = save_with_sidecar(features, path, zero_sidecar(source.info, paths, features))
+    ctx.features_source = f"{describe_record(record)}, written to {path}"
+    return features, record
 
 
 def seen_validation_features(args: argparse.Namespace, paths: SettingPaths, source: StudentSource,
-                             resume_dir: Path, n_classes: int) -> tuple[Optional[FeatureSet], str]:
-    """Seen-class validation features (cached in the resume dir), or None and why not."""
+                             resume_dir: Path, n_classes: int, test_weights: Optional[str],
+                             ctx: ReportContext) -> tuple[Optional[FeatureSet], str]:
+    """Seen-class validation features (cached in the resume dir with a sidecar), or None and why not.
+
+    A cache is used when its sidecar names the weights of the test features (or of the checkpoint), the
+    same lists and the same draw; otherwise it is extracted again (a cache without sidecar only when there
+    is no checkpoint to do so, with a note).
+    """
+    params = {"n_classes": n_classes, "max_queries": args.val_max_queries, "max_gallery": args.val_max_gallery,
+              "seed": args.seed}
     cache = resume_dir / (f"features_seen_val_c{n_classes}_q{args.val_max_queries}_g{args.val_max_gallery}"
                           f"_seed{args.seed}.pickle")
-    fresh = cache.is_file() and (not source.available or cache.stat().st_mtime >= source.checkpoint.stat().st_mtime)
-    if fresh and not args.extract:
-        return load_features(cache), f"seen-class validation features from {cache}"
+    roles = [r for r in ("sketch_test", "sketch_train", "photo_train") if paths.list_file(r) is not None]
+    lists = {"class_file": list_fingerprint(paths.class_file),
+             **{r: list_fingerprint(paths.list_file(r)) for r in roles}}
+    weights = source.info.student_sha256 if source.available else test_weights
+    if cache.is_file() and not args.extract:
+        record = read_sidecar(cache)
+        if record is None and not source.available:
+            features = load_features(cache)
+            n_seen = len(read_class_file(paths.class_file))
+            if max(features.gallery_labels.max(), features.query_labels.max()) >= n_seen:
+                raise UserError(f"{cache} cannot hold {paths.setting.name}'s seen-class features: its labels reach "
+                                f"beyond the {n_seen} classes of {paths.class_file}; delete it")
+            ctx.notes.append(f"{cache.name} does not record what made it (no {sidecar_path(cache).name}): "
+                             "used as found, its provenance is unknown")
+            return features, f"seen-class validation features from {cache} (provenance unknown)"
+        if record is None:
+            reason = f"{cache} does not record what made it"
+        elif record.get("setting") != paths.setting.name:
+            raise refuse_foreign(str(cache), str(record.get("setting")), paths.setting, resume_dir)
+        elif weights is None or record.get("student_sha256") != weights:
+            reason = (f"{cache} was extracted with other weights (weights {short(record.get('student_sha256'))}) "
+                      f"than the test features' (weights {short(weights)})")
+        elif record.get("lists") != lists or any(record.get(k) != v for k, v in params.items()):
+            reason = f"{cache} was extracted from other list files or another draw"
+        else:
+            return load_features(cache), str(record.get("description"))
+        if not source.available:
+            return None, f"{reason}, and the model checkpoint {source.checkpoint} is needed to extract them again"
+        print(f"{reason}: extracting the seen-class validation features again", flush=True)
     if not source.available:
         return None, (f"the honest figure needs the model checkpoint {source.checkpoint} to embed the "
                       "seen-class validation data")
     sketches, photos, description = seen_validation_sets(paths, n_classes, args.val_max_queries,
                                                          args.val_max_gallery, args.seed, image_transform(source))
     features = embed_sets(source, photos, sketches, args, "seen-class")
-    save_features(features, cache)
+    save_with_sidecar(features, cache, {**source.info.provenance(), "lists": lists, **params,
+                                        "description": description, "n_gallery": int(len(features.gallery)),
+                                        "n_queries": int(len(features.query)), "version": project_version()})
     return features, description
 
 
@@ -188,8 +324,8 @@ def best_entry(entries: Sequence[SweepEntry], metric: str) -> SweepEntry:
 
 
 def honest_selection(args: argparse.Namespace, setting: Setting, resume_dir: Path, source: StudentSource,
-                     test: FeatureSet, grid: list[tuple[int, int]], options: QuantizerOptions,
-                     device: torch.device, ctx: ReportContext) -> Optional[tuple[int, int]]:
+                     test: FeatureSet, test_weights: Optional[str], grid: list[tuple[int, int]],
+                     options: QuantizerOptions, device: torch.device, ctx: ReportContext) -> Optional[tuple[int, int]]:
     """(M, K) that win the same sweep on seen-class validation data, or None (with a note saying why)."""
     try:
         paths = resolve_paths(setting, args.data_root)
@@ -198,7 +334,8 @@ def honest_selection(args: argparse.Namespace, setting: Setting, resume_dir: Pat
         ctx.notes.append(f"honest figure not computed: it needs the dataset's seen-class data ({reason}); "
                          "the test-set sweep above is shown alone")
         return None
-    seen, description = seen_validation_features(args, paths, source, resume_dir, len(np.unique(test.query_labels)))
+    seen, description = seen_validation_features(args, paths, source, resume_dir, len(np.unique(test.query_labels)),
+                                                 test_weights, ctx)
     if seen is None:
         ctx.notes.append(f"honest figure not computed: {description}")
         return None
@@ -230,18 +367,19 @@ def main(argv: Optional[Sequence[str]], setting_name: str) -> None:
     device = select_device(args.device)
     torch.set_float32_matmul_precision("highest")     # no TF32: rankings must not depend on the card
     resume_dir = Path(args.resume_dir)
-    source = StudentSource(setting, Path(args.checkpoint) if args.checkpoint else resume_dir / CHECKPOINT_FILE, device)
-    features, origin = zero_features(args, setting, resume_dir, source)
+    ctx = ReportContext(paper_metrics=tuple(setting.paper_metrics), features_source="",
+                        selection_metric=setting.paper_metrics[0], title=args.label or setting.name)
+    source = inspect_run_folder(args, setting, resume_dir, device, ctx)   # refuses before anything is written
+    args.data_root = resolve_data_root(args, source)
+    features, feature_record = zero_features(args, setting, resume_dir, source, ctx)
     grid = [(m, k) for m in args.pq_m for k in args.pq_k] if args.mode == 2 else []
     fitted_on = len(features.gallery) if args.gmm_max_samples is None else min(args.gmm_max_samples,
                                                                                  len(features.gallery))
     for m, k in grid:                                  # before any work, so a bad flag fails at once
         check_pq_shape(features.dim, fitted_on, m, k)
-    ctx = ReportContext(paper_metrics=tuple(setting.paper_metrics), features_source=origin,
-                        selection_metric=setting.paper_metrics[0])
-    if args.checkpoint is not None and not args.extract and origin.startswith(FROM_FILE):
-        ctx.notes.append(f"{origin}; --checkpoint serves only the honest figure (add --extract to extract "
-                         "new features with it)")
+    if args.checkpoint is not None and not args.extract and feature_record == UNKNOWN:
+        ctx.notes.append("--checkpoint serves only the honest figure here (add --extract to extract new features "
+                         "with it)")
     problem = RetrievalProblem(features, device, args.chunk)
     one_to_one = problem.evaluate(desc="one-to-one")
     no_positives = int(np.isnan(one_to_one.values["mAP@all"]).sum())
@@ -249,50 +387,92 @@ def main(argv: Optional[Sequence[str]], setting_name: str) -> None:
         ctx.notes.append(f"{no_positives} queries belong to classes with no gallery item: their AP is undefined "
                          "and left out of every mAP mean (their precision counts as 0, as in the released code)")
     results: dict[str, Any] = {
-        "setting": setting.name, "n_queries": int(len(features.query)), "n_gallery": int(len(features.gallery)),
-        "feature_dim": features.dim, "one_to_one": one_to_one.averaged(), "one_to_many": None}
+        "setting": setting.name, "label": ctx.title, "n_queries": int(len(features.query)),
+        "n_gallery": int(len(features.gallery)), "feature_dim": features.dim, "one_to_one": one_to_one.averaged(),
+        "one_to_many": None,
+        "provenance": {"features": feature_record, "features_sha256": file_sha256(resume_dir / FEATURES_FILE),
+                       "mode": args.mode, "seed": args.seed, "version": project_version(), "one_to_many": None}}
     curves = {"one-to-one": one_to_one}
+    rankings = [("one-to-one (Euclidean)", problem.distance_fn())]
     if args.mode == 2:
-        results["one_to_many"] = one_to_many(args, setting, problem, source, resume_dir, grid, ctx, curves)
+        results["one_to_many"] = one_to_many(args, setting, problem, source, resume_dir, grid, feature_record,
+                                             ctx, curves, rankings)
+        results["provenance"]["one_to_many"] = {
+            "quantizer": {"quantizer": args.quantizer, "gmm_covariance": args.gmm_covariance,
+                          "gmm_max_samples": args.gmm_max_samples},
+            "alpha": args.alpha, "grid": [list(mk) for mk in grid], "seed": args.seed,
+            "version": project_version(), "kept_from_earlier_run": False}
+    else:
+        keep_one_to_many(resume_dir, results, ctx)
     if not args.no_figures:
-        write_figures(args, setting, problem, curves, resume_dir, ctx)
+        write_figures(args, setting, problem, curves, rankings, resume_dir, ctx)
     print(console_report(results, ctx), flush=True)
     write_results(resume_dir, results, ctx)
     print(f"results written to {resume_dir / 'results.json'} and {resume_dir / 'results.md'}")
 
 
+def keep_one_to_many(resume_dir: Path, results: dict[str, Any], ctx: ReportContext) -> None:
+    """Mode 1: keep the earlier mode-2 run's one-to-many section when it was computed on these features."""
+    old = previous_results(resume_dir)
+    otm = old.get("one_to_many")
+    if not isinstance(otm, dict):
+        return
+    old_provenance = old.get("provenance") if isinstance(old.get("provenance"), dict) else {}
+    if not same_features(old_provenance, results["provenance"]):
+        ctx.notes.append("the one-to-many section of the earlier results.json was dropped: it was computed on other "
+                         "features than these (run --mode 2 to compute it again)")
+        return
+    results["one_to_many"] = otm
+    kept = old_provenance.get("one_to_many")
+    results["provenance"]["one_to_many"] = {**kept, "kept_from_earlier_run": True} if isinstance(kept, dict) else None
+    ctx.quantizer = str(otm.get("quantizer", ""))
+    seen = otm.get("seen_validation") or {}
+    ctx.seen_description, ctx.seen_sweep = seen.get("description"), seen.get("sweep")
+    ctx.notes.append("the one-to-many section is kept from the earlier mode-2 run on the same features "
+                     "(this mode-1 run did not recompute it)")
+
+
 def one_to_many(args: argparse.Namespace, setting: Setting, problem: RetrievalProblem, source: StudentSource,
-                resume_dir: Path, grid: list[tuple[int, int]], ctx: ReportContext, curves: dict) -> dict[str, Any]:
-    """The test-set sweep and the honest figure; adds the one-to-many curve to ``curves``."""
+                resume_dir: Path, grid: list[tuple[int, int]], feature_record: Any, ctx: ReportContext,
+                curves: dict, rankings: list) -> dict[str, Any]:
+    """The test-set sweep and the honest figure; adds the one-to-many curve and ranking."""
     options = QuantizerOptions(args.quantizer, args.gmm_covariance, args.gmm_max_samples, args.seed, args.alpha)
     ctx.quantizer = quantizer_label(options)
     entries = problem.sweep(grid, options, "sweep (test set)")
     if not all(e.converged for e in entries):
         ctx.notes.append("some codeword fits stopped at the iteration limit before converging "
                          "(as they may in the released code)")
-    chosen = honest_selection(args, setting, resume_dir, source, problem.features, grid, options,
+    test_weights = feature_record.get("student_sha256") if isinstance(feature_record, dict) else None
+    chosen = honest_selection(args, setting, resume_dir, source, problem.features, test_weights, grid, options,
                               problem.device, ctx)
     selected = None
     if chosen is not None:
         entry = next(e for e in entries if (e.m, e.k) == chosen)
         selected = {"M": entry.m, "K": entry.k, "selected_on": SELECTED_ON, **entry.metrics.averaged()}
-        curves[f"one-to-many, M={entry.m} K={entry.k} ({SELECTED_ON})"] = entry.metrics
+        how = f"chosen on {SELECTED_ON}"
     else:
-        best = best_entry(entries, ctx.selection_metric)
-        curves[f"one-to-many, M={best.m} K={best.k} (tuned on the test set)"] = best.metrics
-    return {"alpha": args.alpha, "sweep": sweep_summary(entries), "selected": selected}
+        entry = best_entry(entries, ctx.selection_metric)
+        how = "tuned on the test set"
+    curves[f"one-to-many, M={entry.m} K={entry.k} ({how})"] = entry.metrics
+    rankings.append((f"one-to-many M={entry.m} K={entry.k} ({how})", problem.distance_fn(entry.codebook, args.alpha)))
+    seen = ({"description": ctx.seen_description, "sweep": ctx.seen_sweep} if ctx.seen_sweep else None)
+    return {"alpha": args.alpha, "quantizer": ctx.quantizer, "sweep": sweep_summary(entries), "selected": selected,
+            "seen_validation": seen}
 
 
-def write_figures(args: argparse.Namespace, setting: Setting, problem: RetrievalProblem,
-                  curves: dict, resume_dir: Path, ctx: ReportContext) -> None:
-    """pr_curve.png always; retrieval_examples.png when the dataset's images are there."""
+def write_figures(args: argparse.Namespace, setting: Setting, problem: RetrievalProblem, curves: dict,
+                  rankings: list, resume_dir: Path, ctx: ReportContext) -> None:
+    """pr_curve.png always; retrieval_examples.png (a row per example query and ranking) when the dataset's
+    images are there."""
     resume_dir.mkdir(parents=True, exist_ok=True)
-    write_pr_figure(curves, resume_dir / "pr_curve.png", f"{setting.name}: mean interpolated precision")
+    write_pr_figure(curves, resume_dir / "pr_curve.png", f"{ctx.title}: mean interpolated precision")
     try:
         paths = resolve_paths(setting, args.data_root)
     except UserError:
         ctx.notes.append("retrieval_examples.png not drawn: it needs the dataset's images (--data_root)")
         return
-    why_not = write_examples_figure(problem, paths, resume_dir / "retrieval_examples.png", args.seed)
+    n_queries = EXAMPLE_ROWS if len(rankings) == 1 else EXAMPLE_ROWS_PER_RANKING
+    why_not = write_examples_figure(problem, paths, resume_dir / "retrieval_examples.png", args.seed, rankings,
+                                    n_queries)
     if why_not:
         ctx.notes.append(f"retrieval_examples.png not drawn: {why_not}")

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
 from data.lists import parse_list_file, read_class_file
 from data.registry import SettingPaths
-from retrieval.metrics import QueryMetrics
+from retrieval.metrics import DistanceFn, QueryMetrics
 from retrieval.search import RetrievalProblem
 
 EXAMPLE_ROWS = 8
@@ -31,11 +31,13 @@ def example_queries(query_labels: np.ndarray, n_rows: int, seed: int) -> np.ndar
 
 
 def example_rows(problem: RetrievalProblem, paths: SettingPaths, seed: int,
-                 n_rows: int = EXAMPLE_ROWS) -> tuple[Optional[list[dict]], str]:
-    """Rows for ``retrieval_grid`` (one-to-one top 10), or None and why they cannot be drawn.
+                 rankings: Sequence[tuple[str, DistanceFn]], n_rows: int = EXAMPLE_ROWS
+                 ) -> tuple[Optional[list[dict]], str]:
+    """Rows for ``retrieval_grid``, or None and why they cannot be drawn.
 
-    The features file holds no image paths: they come from the zero lists, whose order must be the
-    features' order (true for files extracted from those lists).
+    ``rankings``: (label, distance function) pairs; each example query gets one row per ranking (top 10),
+    labelled with it when there is more than one. The features file holds no image paths: they come from
+    the zero lists, whose order must be the features' order (true for files extracted from those lists).
     """
     features = problem.features
     sketch_paths, sketch_labels = parse_list_file(paths.list_file("sketch_zero"))
@@ -46,22 +48,27 @@ def example_rows(problem: RetrievalProblem, paths: SettingPaths, seed: int,
                       f"{paths.list_file('photo_zero').name}")
     names = read_class_file(paths.zero_class_file)
     queries = example_queries(features.query_labels, n_rows, seed)
-    dist = problem.distance_fn()(queries).cpu().numpy()
+    dists = [distance_fn(queries).cpu().numpy() for _, distance_fn in rankings]
     rows = []
-    for q, row in zip(queries, dist):
-        top = np.argsort(row, kind="stable")[:EXAMPLE_RESULTS]     # ties by gallery index, as in the metrics
+    for i, q in enumerate(queries):
         qlabel = int(features.query_labels[q])
-        rows.append({"query_path": paths.root / sketch_paths[q], "query_class": names[qlabel],
-                     "results": [(paths.root / photo_paths[i], names[int(photo_labels[i])],
-                                  bool(photo_labels[i] == qlabel)) for i in top]})
+        for (label, _), dist in zip(rankings, dists):
+            top = np.argsort(dist[i], kind="stable")[:EXAMPLE_RESULTS]   # ties by gallery index, as in the metrics
+            row = {"query_path": paths.root / sketch_paths[q], "query_class": names[qlabel],
+                   "results": [(paths.root / photo_paths[j], names[int(photo_labels[j])],
+                                bool(photo_labels[j] == qlabel)) for j in top]}
+            if len(rankings) > 1:
+                row["label"] = label
+            rows.append(row)
     return rows, ""
 
 
-def write_examples_figure(problem: RetrievalProblem, paths: SettingPaths, out_png: Path, seed: int) -> str:
+def write_examples_figure(problem: RetrievalProblem, paths: SettingPaths, out_png: Path, seed: int,
+                          rankings: Sequence[tuple[str, DistanceFn]], n_rows: int = EXAMPLE_ROWS) -> str:
     """Draw the grid; returns an empty string, or why it was skipped."""
     from utils.plotting import retrieval_grid
 
-    rows, why_not = example_rows(problem, paths, seed)
+    rows, why_not = example_rows(problem, paths, seed, rankings, n_rows)
     if rows is None:
         return why_not
     retrieval_grid(rows, out_png)

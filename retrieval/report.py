@@ -22,6 +22,7 @@ class ReportContext:
 
     paper_metrics: tuple
     features_source: str
+    title: str = ""                            # the name shown (the setting, or --label, e.g. the demo)
     quantizer: str = ""
     selection_metric: str = ""
     seen_description: Optional[str] = None
@@ -56,7 +57,7 @@ def _averaging_title(width: int = 35) -> str:
 def console_report(results: dict[str, Any], ctx: ReportContext) -> str:
     """The readable stdout table; ``*`` marks the metric pair of the paper's table."""
     pm = ctx.paper_metrics
-    lines = [f"{results['setting']}: {results['n_queries']} sketch queries against {results['n_gallery']} "
+    lines = [f"{ctx.title or results['setting']}: {results['n_queries']} sketch queries against {results['n_gallery']} "
              f"photos, {results['feature_dim']}-d features ({ctx.features_source})",
              f"* = the pair the paper's table reports ({', '.join(pm)}); {AVERAGING_NOTE}; {TIE_NOTE}", "",
              f"one-to-one (Euclidean)  {' '.join(f'{_label(m, pm):>8}' for m in METRIC_KEYS)}"]
@@ -100,7 +101,7 @@ def _md_table(rows: list[tuple[str, dict]], paper_metrics: tuple, first: str) ->
 def markdown_report(results: dict[str, Any], ctx: ReportContext) -> str:
     """``results.md``: the same numbers as stdout, as Markdown tables."""
     pm = ctx.paper_metrics
-    lines = [f"# Zero-shot retrieval: {results['setting']}", "",
+    lines = [f"# Zero-shot retrieval: {ctx.title or results['setting']}", "",
              f"{results['n_queries']} sketch queries, {results['n_gallery']} gallery photos, "
              f"{results['feature_dim']}-d features ({ctx.features_source}).", "",
              f"`*` marks the metric pair of the paper's table ({', '.join(pm)}). {_sentence(AVERAGING_NOTE)} "

@@ -33,6 +33,7 @@ class SweepEntry:
     metrics: QueryMetrics
     converged: bool = True
     seconds: dict = field(default_factory=dict)   # "fit", "match"
+    codebook: Optional[Codebook] = None           # kept to draw this entry's rankings
 
 
 class RetrievalProblem:
@@ -81,5 +82,5 @@ class RetrievalProblem:
             fitted = time.perf_counter()
             metrics = self.evaluate(codebook, options.alpha, desc=f"M={m} K={k}")
             entries.append(SweepEntry(m, k, metrics, codebook.converged,
-                                      {"fit": fitted - start, "match": time.perf_counter() - fitted}))
+                                      {"fit": fitted - start, "match": time.perf_counter() - fitted}, codebook))
         return entries

@@ -41,17 +41,21 @@ def run(script: str, *argv, monkeypatch, capsys) -> tuple[int, str, str]:
 
 def assert_schema(results: dict, setting: str, mode: int, selected: bool) -> None:
     averaged_keys = {"per_query", "per_class"}
-    assert set(results) == {"setting", "n_queries", "n_gallery", "feature_dim", "one_to_one", "one_to_many"}
+    assert set(results) == {"setting", "label", "n_queries", "n_gallery", "feature_dim", "one_to_one",
+                            "one_to_many", "provenance"}
     assert results["setting"] == setting
+    prov = results["provenance"]
+    assert prov["mode"] == mode and len(prov["features_sha256"]) == 64 and prov["version"]
     assert all(isinstance(results[k], int) for k in ("n_queries", "n_gallery", "feature_dim"))
     assert set(results["one_to_one"]) == averaged_keys
     for averaging in averaged_keys:
         assert set(results["one_to_one"][averaging]) == set(METRIC_KEYS)
     if mode == 1:
-        assert results["one_to_many"] is None
+        assert results["one_to_many"] is None and prov["one_to_many"] is None
         return
     otm = results["one_to_many"]
-    assert set(otm) == {"alpha", "sweep", "selected"} and otm["alpha"] == 0.8
+    assert set(otm) == {"alpha", "quantizer", "sweep", "selected", "seen_validation"} and otm["alpha"] == 0.8
+    assert prov["one_to_many"]["grid"] == [[2, 2], [2, 3]] and prov["one_to_many"]["alpha"] == 0.8
     assert [(e["M"], e["K"]) for e in otm["sweep"]] == [(2, 2), (2, 3)]
     for entry in otm["sweep"]:
         assert set(entry) == {"M", "K"} | averaged_keys

@@ -401,6 +401,7 @@ class GridLayout:
     header: int
     gap: int            # between tiles
     query_gap: int      # extra space between the query and its results
+    label: int = 0      # height of the band above each row that names its ranking (0: no band)
 
     @property
     def frame(self) -> int:
@@ -409,16 +410,17 @@ class GridLayout:
     def cell(self, row: int, col: int) -> tuple[int, int, int, int]:
         """Box of tile ``col`` in ``row``: col 0 is the query, 1.. the ranked results."""
         x = self.gap + col * (self.tile + self.gap) + (self.query_gap if col > 0 else 0)
-        y = self.header + row * (self.tile + self.gap)
+        y = self.header + row * (self.tile + self.gap + self.label) + self.label
         return x, y, x + self.tile, y + self.tile
 
     def image_size(self, n_rows: int, n_results: int) -> tuple[int, int]:
         right = self.cell(0, n_results)[2] + self.gap
-        return right, self.header + n_rows * (self.tile + self.gap)
+        return right, self.header + n_rows * (self.tile + self.gap + self.label)
 
 
-def grid_layout(tile: int = 96) -> GridLayout:
-    return GridLayout(tile=tile, header=max(18, tile // 4), gap=max(3, tile // 24), query_gap=max(8, tile // 6))
+def grid_layout(tile: int = 96, labelled: bool = False) -> GridLayout:
+    return GridLayout(tile=tile, header=max(18, tile // 4), gap=max(3, tile // 24), query_gap=max(8, tile // 6),
+                      label=max(16, tile // 5) if labelled else 0)
 
 
 def _fitted_label(draw: ImageDraw.ImageDraw, text: str, font: Font, max_width: int) -> str:
@@ -442,10 +444,13 @@ def _tile(path: Path, size: int) -> Image.Image:
 
 
 def retrieval_grid(rows: Sequence[dict], out_png: str | Path, tile: int = 96) -> None:
-    """One row per query: the sketch, then its ranked results framed green (correct) or red (wrong)."""
+    """One row per query: the sketch, then its ranked results framed green (correct) or red (wrong).
+
+    A row with a ``"label"`` (e.g. the ranking that produced it) gets that text in a band above it.
+    """
     if not rows:
         raise UserError("retrieval_grid: no queries to draw")
-    layout = grid_layout(tile)
+    layout = grid_layout(tile, labelled=any(r.get("label") for r in rows))
     n_results = max(len(r["results"]) for r in rows)
     img = Image.new("RGB", layout.image_size(len(rows), n_results), "white")
     draw = ImageDraw.Draw(img, "RGBA")
@@ -454,6 +459,9 @@ def retrieval_grid(rows: Sequence[dict], out_png: str | Path, tile: int = 96) ->
         cx = (layout.cell(0, col)[0] + layout.cell(0, col)[2]) / 2
         _text(draw, (cx, layout.header / 2), heading, f_head)
     for r, row in enumerate(rows):
+        if row.get("label"):
+            y0 = layout.cell(r, 0)[1]
+            _text(draw, (layout.gap, y0 - layout.label / 2), row["label"], f_head, anchor="lm")
         cells = [(row["query_path"], row["query_class"], QUERY_COLOUR)]
         cells += [(path, name, CORRECT_COLOUR if correct else WRONG_COLOUR) for path, name, correct in row["results"]]
         for col, (path, name, colour) in enumerate(cells):
