@@ -58,18 +58,32 @@ def numpy1_protocol2_pickle(items: list) -> bytes:
 
 
 # ---------------------------------------------------------------------------------- dataset + checkpoint
-def make_checkpoint(resume_dir: Path, setting: str, n_seen: int, seed: int = 0) -> Path:
-    """A ``model_best.pth.tar`` as training writes it, for a tiny random-weight student."""
+def make_checkpoint(resume_dir: Path, setting: str, n_seen: int, seed: int = 0, name: str = "model_best.pth.tar",
+                    run_id: str | None = None, args: dict | None = None) -> Path:
+    """A checkpoint as training writes it, for a tiny random-weight student (``seed`` picks the weights).
+
+    With ``run_id``, it carries the ``provenance`` record of the newer training code; without, it is a
+    checkpoint of the older code (no provenance), which the test scripts must accept too.
+    """
     import torch
 
     from models import build_student
     from utils.checkpoint import atomic_save
+    from utils.provenance import state_dict_sha256
 
     torch.manual_seed(seed)
     student = build_student(TINY_MODEL, n_seen)
-    path = resume_dir / "model_best.pth.tar"
-    atomic_save({"config": {"setting": setting, "model": TINY_MODEL, "n_seen": n_seen, "img_size": TINY_IMG},
-                 "state_dict": student.state_dict(), "epoch": 1, "best_acc1": 0.0}, path)
+    path = resume_dir / name
+    ckpt = {"config": {"setting": setting, "model": TINY_MODEL, "n_seen": n_seen, "img_size": TINY_IMG},
+            "state_dict": student.state_dict(), "epoch": 1, "best_acc1": 0.0}
+    if args is not None:
+        ckpt["args"] = args
+    if run_id is not None:
+        ckpt["provenance"] = {"run_id": run_id, "setting": setting, "model": TINY_MODEL, "img_size": TINY_IMG,
+                              "n_seen": n_seen, "seed": seed, "epoch": 1,
+                              "student_sha256": state_dict_sha256(student.state_dict()), "lists": {},
+                              "version": "unknown"}
+    atomic_save(ckpt, path)
     return path
 
 

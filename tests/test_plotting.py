@@ -125,6 +125,24 @@ def test_retrieval_grid_frames(tmp_path: Path) -> None:
         assert inside != CORRECT_COLOUR and inside != WRONG_COLOUR            # the photo, not the frame
 
 
+def test_retrieval_grid_labels_rows(tmp_path: Path) -> None:
+    """Rows with a label (mode 2: one-to-one and one-to-many rankings) get a band above them naming it."""
+    sketch = _solid(tmp_path / "q.png", (255, 255, 255))
+    photo = _solid(tmp_path / "p.jpg", (0, 0, 255))
+    rows = [{"query_path": sketch, "query_class": "moon", "label": label, "results": [(photo, "moon", ok)] * 3}
+            for label, ok in (("one-to-one", False), ("one-to-many M=2 K=24 (chosen on seen-class validation)", True))]
+    tile, out = 64, tmp_path / "grid.png"
+    retrieval_grid(rows, out, tile=tile)
+    layout = grid_layout(tile, labelled=True)
+    assert layout.label > 0 and _png_size(out) == layout.image_size(2, 3) != grid_layout(tile).image_size(2, 3)
+    img = Image.open(out).convert("RGB")
+    for r, ok in enumerate((False, True)):
+        x0, y0, _, _ = layout.cell(r, 1)
+        assert img.getpixel((x0 + layout.frame // 2, y0 + tile // 3)) == (CORRECT_COLOUR if ok else WRONG_COLOUR)
+        band = img.crop((layout.gap, y0 - layout.label, layout.cell(r, 3)[2], y0)).convert("L")
+        assert min(band.getdata()) < 100                  # the label's ink is in the band above the row
+
+
 def test_retrieval_grid_needs_rows(tmp_path: Path) -> None:
     with pytest.raises(UserError):
         retrieval_grid([], tmp_path / "grid.png")

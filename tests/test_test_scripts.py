@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from data.registry import get_setting
 from retrieval.metrics import METRIC_KEYS
 from tests.fixtures import make_tree
 from tests.helpers_retrieval import make_checkpoint, write_features
+from utils.plotting import grid_layout
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {
@@ -104,8 +106,13 @@ def test_on_a_dataset_and_checkpoint(script, tmp_path, monkeypatch, capsys):
     assert_schema(results, setting, 2, selected=True)
     assert (results["n_queries"], results["n_gallery"], results["feature_dim"]) == (6, 8, 320)
     assert "honest one-to-many (M=2" in out and "chosen on seen-class validation" in out
-    for name in ("features_zero.pickle", "results.md", "pr_curve.png", "retrieval_examples.png"):
+    for name in ("features_zero.pickle", "features_zero.json", "results.md", "pr_curve.png",
+                 "retrieval_examples.png"):
         assert (run_dir / name).is_file(), name
+    assert [p.name for p in run_dir.glob("features_seen_val_*.json")] == ["features_seen_val_c2_q2000_g20000_seed123.json"]
+    # mode 2: each of the 2 example queries (one per unseen class) once per ranking, rows labelled
+    with Image.open(run_dir / "retrieval_examples.png") as img:
+        assert img.size == grid_layout(96, labelled=True).image_size(4, 8)
 
 
 def test_features_file_needs_no_checkpoint_or_model(tmp_path, monkeypatch, capsys):
