@@ -219,3 +219,23 @@ def test_sidecar_with_other_lists_and_no_checkpoint_is_refused(tmp_path, monkeyp
                        monkeypatch=monkeypatch, capsys=capsys)
     _one_line_error(code, err, "other list files", "no checkpoint", "nothing was written")
     assert snapshot(tmp_path) == before
+
+
+def test_demo_reports_are_titled_as_the_demo(tmp_path, monkeypatch):
+    """engine.demo runs the Sketchy test engine: its reports must say they are the demo's, not Sketchy's."""
+    import engine.demo as demo
+
+    labels = []
+
+    def fake_evaluate(argv, setting):
+        resume_dir = Path(argv[argv.index("--resume_dir") + 1])
+        labels.append(argv[argv.index("--label") + 1] if "--label" in argv else None)
+        (resume_dir / "results.json").write_text(json.dumps({"one_to_one": {"per_class": {"mAP@all": 0.5}}}))
+
+    monkeypatch.setattr(demo, "generate_demo_dataset",
+                        lambda root, **kw: make_tree(root, layout="sketchy", **TINY_TREE).parent)
+    monkeypatch.setattr(demo.train, "main", lambda *args, **kwargs: None)
+    monkeypatch.setattr(demo.evaluate, "main", fake_evaluate)
+    demo.main(["--data_root", str(tmp_path / "Demo"), "--savedir", str(tmp_path / "run"), "--workers", "0",
+               "--no_figures"])
+    assert len(labels) == 2 and all(label and label.startswith("demo") for label in labels), labels
