@@ -97,6 +97,26 @@ def check_checkpoint_setting(info: CheckpointInfo, setting: Setting, resume_dir:
                         f"{resume_dir})")
 
 
+# Flags that may differ between the checkpoints of one run (a resume may change them).
+OPERATIONAL_ARGS = frozenset({"workers", "device", "no_figures", "debug", "resume", "overwrite", "data_root", "amp",
+                              "channels_last", "savedir"})
+
+
+def other_run(best: CheckpointInfo, last: CheckpointInfo) -> Optional[str]:
+    """Why ``best`` cannot come from the run that wrote ``last``, or None. By run id when both have one;
+    older checkpoints (no provenance) by the run-shaping flags they store and by their epochs."""
+    if best.run_id and last.run_id:
+        return None if best.run_id == last.run_id else f"run {short(best.run_id)}, not run {short(last.run_id)}"
+    diffs = [f"{k} {best.args[k]!r} vs {last.args[k]!r}" for k in sorted(set(best.args) & set(last.args))
+             if k not in OPERATIONAL_ARGS and best.args[k] != last.args[k]]
+    if diffs:
+        return f"its flags differ: {', '.join(diffs)}"
+    epochs = best.ckpt.get("epoch"), last.ckpt.get("epoch")
+    if all(isinstance(e, int) for e in epochs) and epochs[0] > epochs[1]:
+        return f"it is from epoch {epochs[0]}, later than the {epochs[1]} epochs of the run beside it"
+    return None
+
+
 def check_best_is_current(best: CheckpointInfo, resume_dir: Path, setting: Setting) -> None:
     """``model_best.pth.tar`` must come from the run that wrote the ``checkpoint.pth.tar`` beside it."""
     last_path = best.path.parent / LAST_CHECKPOINT_FILE
@@ -104,11 +124,12 @@ def check_best_is_current(best: CheckpointInfo, resume_dir: Path, setting: Setti
         return
     last = read_checkpoint(last_path)
     check_checkpoint_setting(last, setting, resume_dir)
-    if best.run_id and last.run_id and best.run_id != last.run_id:
-        raise UserError(f"{best.path} is stale: it comes from an earlier run (run {short(best.run_id)}) than "
-                        f"{last_path.name} beside it (run {short(last.run_id)}), so scoring it would report the "
-                        f"old model; delete it to use the new run's {last_path.name} (--checkpoint "
-                        f"{last_path}), or retrain with --overwrite (nothing was written to {resume_dir})")
+    why = other_run(best, last)
+    if why is not None:
+        raise UserError(f"{best.path} is stale: it comes from an earlier run than {last_path.name} beside it "
+                        f"({why}), so scoring it would report the old model; delete it to test the new run's "
+                        f"last epoch (--checkpoint {last_path}), or retrain with --overwrite (nothing was "
+                        f"written to {resume_dir})")
 
 
 def check_folder_sidecars(resume_dir: Path, setting: Setting) -> None:

@@ -97,9 +97,20 @@ def test_stale_best_is_refused(tmp_path, monkeypatch, capsys):
     for extra in ([], ["--extract"]):
         code, _, err = run(SKETCHY, "--resume_dir", tmp_path, "--device", "cpu", *extra,
                            monkeypatch=monkeypatch, capsys=capsys)
-        _one_line_error(code, err, "model_best.pth.tar is stale", "earlier run (run 111111111111)",
+        _one_line_error(code, err, "model_best.pth.tar is stale", "(run 111111111111, not run 222222222222)",
                         "checkpoint.pth.tar", "nothing was written")
     assert snapshot(tmp_path) == before
+    # checkpoints of the older code (no run id): told apart by the run-shaping flags they store
+    make_checkpoint(tmp_path, "sketchy/zeroshot1", n_seen=3, seed=0, args={"seed": 0, "workers": 2})
+    make_checkpoint(tmp_path, "sketchy/zeroshot1", n_seen=3, seed=1, args={"seed": 1, "workers": 0},
+                    name="checkpoint.pth.tar")
+    code, _, err = run(SKETCHY, "--resume_dir", tmp_path, "--device", "cpu", monkeypatch=monkeypatch, capsys=capsys)
+    _one_line_error(code, err, "model_best.pth.tar is stale", "its flags differ: seed 0 vs 1")
+    make_checkpoint(tmp_path, "sketchy/zeroshot1", n_seen=3, seed=1, args={"seed": 0, "workers": 0},
+                    name="checkpoint.pth.tar")       # the same run (only an operational flag changed)
+    code, _, err = run(SKETCHY, "--resume_dir", tmp_path, "--device", "cpu", "--mode", 1, "--no_figures",
+                       monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0, err
 
 
 def _tuberlin_run(folder: Path, sidecar: bool = True, checkpoint: bool = True) -> None:
