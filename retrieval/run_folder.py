@@ -137,7 +137,7 @@ def check_folder_sidecars(resume_dir: Path, setting: Setting) -> None:
     if not resume_dir.is_dir():
         return
     for artifact in [resume_dir / FEATURES_FILE, *sorted(resume_dir.glob(SEEN_CACHE_GLOB))]:
-        record = read_sidecar(artifact) if sidecar_path(artifact).is_file() else None
+        record = read_sidecar(artifact)
         owner = record.get("setting") if record else None
         if owner is not None and owner != setting.name:
             raise refuse_foreign(f"{artifact} ({sidecar_path(artifact).name})", owner, setting, resume_dir)
