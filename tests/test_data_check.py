@@ -9,7 +9,7 @@ import torch
 
 from data import check
 from data.registry import SAKE_NAMES, TUBERLIN_NAMES, get_setting, resolve_paths
-from fixtures import make_tree
+from tests.fixtures import make_tree
 from models.checkpoint_mapping import timm_to_official
 from models.sbka import _backbone
 from retrieval.feature_io import FeatureSet, save_features
