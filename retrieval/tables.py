@@ -281,8 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
 def build_rows(args: argparse.Namespace) -> tuple[list[Row], list[str], list[Run]]:
     runs = find_runs(Path(args.runs))
     if not runs:
-        raise UserError(f"no {RESULTS_FILE} under {args.runs}: run the test scripts first (README.md, section "
-                        "'Testing and reproducing the tables')")
+        raise UserError(f"no {RESULTS_FILE} under {args.runs}: run the test scripts first "
+                        "(README.md, section 'Testing and reproducing the tables')")
     ours, notes = our_rows(runs, "per_query" if args.per_query else "per_class")
     published = read_published(Path(args.published)) if args.with_published else []
     return published + ours, notes, runs

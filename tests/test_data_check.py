@@ -1,5 +1,6 @@
 """``python -m data.check``: every check passes on a good tree and fails for its own reason on a bad one."""
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -246,3 +247,14 @@ def test_data_root_pointing_at_the_dataset_folder_names_its_parent(tree, tmp_pat
     shutil.move(str(root), str(nested / "datasets"))
     with pytest.raises(UserError, match=rf"one level deeper: pass --data_root {nested / 'datasets'}"):
         check.settings_to_check(None, nested)
+
+
+def test_every_readme_section_a_message_names_exists(repo_root):
+    headings = {ln.lstrip("#").strip() for ln in (repo_root / "README.md").read_text().splitlines()
+                if ln.startswith("#")}
+    named = set()
+    for f in repo_root.rglob("*.py"):
+        if ".venv" not in f.parts and "tests" not in f.parts:
+            named |= {(f.name, m) for m in re.findall(r"README\.md, section '([^']+)'", f.read_text())}
+    assert {m for _, m in named} >= {"Datasets", "Pretrained weights", "Testing and reproducing the tables"}
+    assert [(f, m) for f, m in named if m not in headings] == []
