@@ -94,7 +94,8 @@ def folder_class_mismatch(rel: str, label: int, names: list[str], name_set: set[
 def check_lists(setting: Setting, paths: SettingPaths, lists_cell: Cell, counts_cell: Cell) -> dict[str, ListInfo]:
     """Parse every list of the setting; fills the 'lists' and 'counts' cells, returns what parsed."""
     schemes = complete_schemes(setting, paths.split)
-    used = next(s for s in schemes if all(paths.lists.get(r) == paths.split / s[r] for r in REQUIRED_ROLES))
+    used = next((s for s in schemes if all(paths.lists.get(r) == paths.split / s[r] for r in REQUIRED_ROLES)),
+                schemes[0] if schemes else setting.naming_schemes[0])
     lists_cell.add(OK, f"naming {scheme_label(used)} …")
     if len(schemes) > 1:
         others = ", ".join(scheme_label(s) for s in schemes if s is not used)
@@ -251,20 +252,18 @@ def check_cid_mask(setting: Setting, paths: SettingPaths, n_seen: int, cell: Cel
 
 
 # ----------------------------------------------------------------------------------------------- models
-def check_pretrained(path: Optional[str], model: str) -> Cell:
-    cell = Cell()
+def check_pretrained(path: Optional[str], model: str, cell: Cell) -> None:
     if path is None or str(path).lower() == "none":
         cell.add(SKIPPED, "--pretrained none")
-        return cell
+        return
     from models import build_teacher
 
     try:
         build_teacher(model, path)
     except UserError as exc:
         cell.add(ERROR, str(exc))
-        return cell
+        return
     cell.add(OK, f"{path} loads strictly into {model}")
-    return cell
 
 
 def run_folder(setting: Setting, runs: Path) -> Path:
@@ -402,7 +401,7 @@ def run_checks(args: argparse.Namespace, decode: Callable = decode_all) -> dict[
         raise UserError(f"--workers must be 0 or more, got {args.workers}")
     data_root = Path(args.data_root)
     settings = settings_to_check(args.setting, data_root)
-    pretrained = check_pretrained(args.pretrained, args.model)
+    pretrained = Cell()                     # one checkpoint serves every setting: one cell shared by the rows
     rows, jobs = {}, {}
     for s in settings:
         rows[s.name], jobs[s.name] = check_setting(s, args, pretrained)
@@ -411,6 +410,7 @@ def run_checks(args: argparse.Namespace, decode: Callable = decode_all) -> dict[
     for name, js in jobs.items():
         if js:
             report_images(rows[name]["images"], js, outcome, QUICK_FRACTION if args.quick else 1.0)
+    check_pretrained(args.pretrained, args.model, pretrained)   # after the pool: its workers need no torch
     return rows
 
 
@@ -421,7 +421,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     details = format_details(rows)
     if details:
         print("\n" + details)
-    n_errors = sum(c.status == ERROR for cells in rows.values() for c in cells.values())
+    n_errors = len({id(c) for cells in rows.values() for c in cells.values() if c.status == ERROR})
     print(f"\n{n_errors} check(s) failed" if n_errors else "\nno errors: ready to train", flush=True)
     return 1 if n_errors else 0
 
