@@ -258,3 +258,16 @@ def test_every_readme_section_a_message_names_exists(repo_root):
             named |= {(f.name, m) for m in re.findall(r"README\.md, section '([^']+)'", f.read_text())}
     assert {m for _, m in named} >= {"Datasets", "Pretrained weights", "Testing and reproducing the tables"}
     assert [(f, m) for f, m in named if m not in headings] == []
+
+
+def test_exit_status_is_one_on_an_error_and_zero_otherwise(tree, tmp_path, capsys):
+    root, split = tree
+    argv = ["--data_root", str(root), "--runs", str(tmp_path / "r"), "--pretrained", "none", "--workers", "0"]
+    with pytest.raises(SystemExit) as exc:
+        check.cli(argv)
+    assert exc.value.code == 0 and "no errors: ready to train" in capsys.readouterr().out
+    (split / "cid_mask.pickle").write_bytes(b"garbage")
+    with pytest.raises(SystemExit) as exc:
+        check.cli(argv)
+    out = capsys.readouterr().out
+    assert exc.value.code == 1 and "| error: cid_mask" in out and "1 check(s) failed" in out
