@@ -137,6 +137,11 @@ def resolve_paths(setting: Setting, data_root: str | Path) -> SettingPaths:
     root = data_root / setting.dataset_dir
     split = root / setting.split_dir
     if not root.is_dir():
+        if data_root.resolve().name == setting.dataset_dir:
+            parent = data_root.parent if data_root.parent != data_root else Path("..")
+            raise UserError(
+                f"dataset folder {root} does not exist: --data_root {data_root} seems to be the "
+                f"{setting.dataset_dir} folder itself; pass the folder that holds it, --data_root {parent}")
         raise UserError(
             f"dataset folder {root} does not exist: create it and unpack the {setting.dataset_dir} package "
             f"there (README.md, section 'Datasets'), or point --data_root at the folder that holds "

@@ -244,9 +244,15 @@ def zero_features(args: argparse.Namespace, setting: Setting, resume_dir: Path, 
         if args.extract:
             raise UserError(f"--extract needs the checkpoint {source.checkpoint}, which does not exist "
                             "(pass --checkpoint PATH)")
+        if setting.dataset_dir == "Sketchy":     # the authors released features for the two Sketchy splits only
+            raise UserError(
+                f"neither {path} nor {source.checkpoint} exists: download the authors' released "
+                f"{setting.split_dir}/{FEATURES_FILE} to {path} (README.md, section 'Datasets'), or train a model "
+                f"with `{train_command(setting, resume_dir)}`")
         raise UserError(
-            f"neither {path} nor {source.checkpoint} exists: download the authors' released features_zero.pickle "
-            f"to {path}, or train a model with `{train_command(setting, resume_dir)}`")
+            f"neither {path} nor {source.checkpoint} exists: train a model with "
+            f"`{train_command(setting, resume_dir)}` (the authors released features for the two Sketchy splits "
+            f"only), or pass --checkpoint PATH")
     paths = resolve_paths(setting, args.data_root)
     n_unseen = len(read_class_file(paths.zero_class_file))
     transform = image_transform(source)

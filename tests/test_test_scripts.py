@@ -140,12 +140,18 @@ def _one_line_error(code: int, err: str, *fragments: str) -> None:
         assert fragment in lines[0], (fragment, lines[0])
 
 
-@pytest.mark.parametrize("script,train", [("test_sketchy_ext_zeroshot.py", "train_sketchy_ext.py"),
-                                          ("test_sketchy_ext_split_zeroshot.py", "--zero_version zeroshot2"),
-                                          ("test_quickdraw_ext_zeroshot.py", "train_quickdraw_ext.py")])
-def test_neither_features_nor_checkpoint_gives_both_ways_out(script, train, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("script,train,released", [
+    ("test_sketchy_ext_zeroshot.py", "train_sketchy_ext.py", "zeroshot1/features_zero.pickle"),
+    ("test_sketchy_ext_split_zeroshot.py", "--zero_version zeroshot2", "zeroshot2/features_zero.pickle"),
+    ("test_quickdraw_ext_zeroshot.py", "train_quickdraw_ext.py", None),
+    ("test_tuberlin_ext_zeroshot.py", "train_tuberlin_ext.py", None)])
+def test_neither_features_nor_checkpoint_gives_both_ways_out(script, train, released, tmp_path, monkeypatch, capsys):
     code, _, err = run(script, "--resume_dir", tmp_path, monkeypatch=monkeypatch, capsys=capsys)
-    _one_line_error(code, err, str(tmp_path / "features_zero.pickle"), "download", train)
+    _one_line_error(code, err, str(tmp_path / "features_zero.pickle"), train)
+    if released:       # the authors released features for the two Sketchy splits: the message offers them
+        _one_line_error(code, err, f"download the authors' released {released}", "section 'Datasets'")
+    else:              # and for no other setting: no download is suggested that does not exist
+        assert "download" not in err and "two Sketchy splits only" in err
 
 
 def test_code_running_features_file_is_refused(tmp_path, monkeypatch, capsys):
