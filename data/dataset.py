@@ -10,6 +10,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from data.lists import parse_list_file
+from data.registry import VAL_FRACTION  # noqa: F401  (the default hold-out fraction, used with holdout_indices)
 from utils.errors import UserError
 
 
@@ -63,9 +64,6 @@ class ListDataset(Dataset):
         if self.transform is not None:
             img = self.transform(img)
         return img, int(self.labels[index])
-
-
-VAL_FRACTION = 0.05  # per-class hold-out of training sketches where a split has no *_test list
 
 
 def holdout_indices(labels: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:

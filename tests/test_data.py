@@ -10,7 +10,7 @@ from PIL import Image
 from data.cid_mask import load_cid_mask
 from data.dataset import ListDataset, holdout_indices
 from data.lists import parse_list_file, read_class_file
-from data.registry import QUICKDRAW_PUBLIC_NAMES, SAKE_NAMES, get_setting, resolve_paths
+from data.registry import QUICKDRAW_AUTHORS_NAMES, QUICKDRAW_PUBLIC_NAMES, SAKE_NAMES, get_setting, resolve_paths
 from data.transforms import RandomAffineXY, train_transform
 from data.transforms import test_transform as eval_transform
 from tests.fixtures import make_tree
@@ -49,8 +49,9 @@ def test_class_file_ids_are_checked(tmp_path):
         read_class_file(f)
 
 
-@pytest.mark.parametrize("layout,names", [("quickdraw", QUICKDRAW_PUBLIC_NAMES), ("quickdraw_sake", SAKE_NAMES)])
-def test_quickdraw_both_naming_schemes_are_found(tmp_path, layout, names):
+@pytest.mark.parametrize("layout,names", [("quickdraw_authors", QUICKDRAW_AUTHORS_NAMES),
+                                          ("quickdraw", QUICKDRAW_PUBLIC_NAMES), ("quickdraw_sake", SAKE_NAMES)])
+def test_quickdraw_every_naming_scheme_is_found(tmp_path, layout, names):
     make_tree(tmp_path, layout, test_list=False, cid_mask=False)
     paths = resolve_paths(get_setting("quickdraw/zeroshot"), tmp_path)
     assert paths.list_file("sketch_train").name == names["sketch_train"]
@@ -64,6 +65,19 @@ def test_missing_lists_name_every_file_looked_for(tmp_path):
         resolve_paths(get_setting("quickdraw/zeroshot"), tmp_path)
     for name in list(QUICKDRAW_PUBLIC_NAMES.values())[:1] + [SAKE_NAMES["photo_zero"], "all_photo_zero.txt"]:
         assert name in str(err.value)
+
+
+def test_incomplete_authors_quickdraw_folder_names_every_file_looked_for(tmp_path):
+    make_tree(tmp_path, "quickdraw_authors", test_list=False, cid_mask=False, sketches=2, photos=2)
+    split = tmp_path / "QuickDraw" / "zeroshot"
+    (split / QUICKDRAW_AUTHORS_NAMES["photo_zero"]).unlink()
+    with pytest.raises(UserError) as err:
+        resolve_paths(get_setting("quickdraw/zeroshot"), tmp_path)
+    message = str(err.value)
+    for scheme in (QUICKDRAW_AUTHORS_NAMES, QUICKDRAW_PUBLIC_NAMES, SAKE_NAMES):
+        for role in ("sketch_train", "sketch_zero", "photo_train", "photo_zero"):
+            assert scheme[role] in message
+    assert "missing all_photo_filelist_zero.txt" in message and "missing sketch_filelist_train.txt" not in message
 
 
 def test_missing_dataset_folder_says_what_to_create(tmp_path):
