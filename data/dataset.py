@@ -9,6 +9,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from data.images import read_rgb
 from data.lists import parse_list_file
 from data.registry import VAL_FRACTION  # noqa: F401  (the default hold-out fraction, used with holdout_indices)
 from utils.errors import UserError
@@ -48,8 +49,7 @@ class ListDataset(Dataset):
     def load_image(self, index: int) -> Image.Image:
         path = self.root / self.paths[index]
         try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
+            return read_rgb(path)
         except FileNotFoundError:
             raise UserError(f"image {path} does not exist ({self.list_file}, line {self.line_numbers[index]})") from None
         except UnidentifiedImageError:
