@@ -103,14 +103,13 @@ def build_parser(setting: Setting, dataset: str) -> argparse.ArgumentParser:
     p.add_argument("--classifier_init_std", type=float, default=CLASSIFIER_INIT_STD,
                    help="std of the new seen-class classifier's truncated-normal init (released: 2e-5; a "
                         "from-scratch run learns much faster with 0.02)")
-    if setting.val_list_by_default:
-        p.add_argument("--val_fraction", type=float, default=setting.val_fraction,
-                       help="per-class hold-out of training sketches when the split has no *_test list")
-    else:   # QuickDraw: the released run validates on nothing
-        p.add_argument("--val_fraction", type=float, default=setting.val_fraction,
-                       help=f"hold out this fraction of each class's training sketches for validation and keep "
-                            f"the best epoch (e.g. {VAL_FRACTION}); 0: no validation, all training sketches train "
-                            "and the last epoch is model_best, as in the released run")
+    p.add_argument("--val_fraction", type=float, default=setting.val_fraction,
+                   help="per-class hold-out of training sketches when the split has no *_test list"
+                   if setting.val_list_by_default else   # QuickDraw: the released run validates on nothing
+                   f"hold out this fraction of each class's training sketches for validation and keep the best "
+                   f"epoch (e.g. {VAL_FRACTION}); 0: no validation, all training sketches train and the last "
+                   "epoch is model_best, as in the released run")
+    if not setting.val_list_by_default:
         p.add_argument("--val_list", action="store_true",
                        help="validate on the split's sketch_test-role list (sketch_filelist_test.txt, "
                             "sketch_test.txt or sketch_tx_..._filelist_test.txt) and keep the best epoch")
