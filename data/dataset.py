@@ -9,7 +9,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from data.images import read_rgb
 from data.lists import parse_list_file
+from data.registry import VAL_FRACTION  # noqa: F401  (the default hold-out fraction, used with holdout_indices)
 from utils.errors import UserError
 
 
@@ -47,8 +49,7 @@ class ListDataset(Dataset):
     def load_image(self, index: int) -> Image.Image:
         path = self.root / self.paths[index]
         try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
+            return read_rgb(path)
         except FileNotFoundError:
             raise UserError(f"image {path} does not exist ({self.list_file}, line {self.line_numbers[index]})") from None
         except UnidentifiedImageError:
@@ -63,9 +64,6 @@ class ListDataset(Dataset):
         if self.transform is not None:
             img = self.transform(img)
         return img, int(self.labels[index])
-
-
-VAL_FRACTION = 0.05  # per-class hold-out of training sketches where a split has no *_test list
 
 
 def holdout_indices(labels: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:

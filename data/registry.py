@@ -25,6 +25,15 @@ TUBERLIN_NAMES = {
     "photo_train": "ImageResized_ready_filelist_train.txt",
     "photo_zero": "ImageResized_ready_filelist_zero.txt",
 }
+# The released QuickDraw loader's names (QuickDraw.py: <version>_filelist_<split>.txt, versions sketch and
+# all_photo); it reads no test list, the name below is the one its commented-out validation split would read.
+QUICKDRAW_AUTHORS_NAMES = {
+    "sketch_train": "sketch_filelist_train.txt",
+    "sketch_test": "sketch_filelist_test.txt",
+    "sketch_zero": "sketch_filelist_zero.txt",
+    "photo_train": "all_photo_filelist_train.txt",
+    "photo_zero": "all_photo_filelist_zero.txt",
+}
 QUICKDRAW_PUBLIC_NAMES = {
     "sketch_train": "sketch_train.txt",
     "sketch_test": "sketch_test.txt",
@@ -33,6 +42,7 @@ QUICKDRAW_PUBLIC_NAMES = {
     "photo_zero": "all_photo_zero.txt",
 }
 REQUIRED_ROLES = ("sketch_train", "sketch_zero", "photo_train", "photo_zero")
+VAL_FRACTION = 0.05  # per-class hold-out of training sketches where a split validates without a *_test list
 
 
 @dataclass(frozen=True)
@@ -50,11 +60,12 @@ class Setting:
     warmup_epochs: int             # epochs 0 .. warmup_epochs-1 train the student only
     teacher_lr_scale: float        # teacher lr = student lr * scale
     use_cid_mask: bool             # add 0.3 * cid_mask to the soft targets
-    has_val_list: bool             # the public copy ships a *_test sketch list
+    val_list_by_default: bool      # validate on the split's sketch_test list when present (else: only if asked)
     checkpoint_dir: str            # default run directory
     pq_m: tuple                    # faithful one-to-many sweep (METHOD section 6)
     pq_k: tuple
     paper_metrics: tuple           # the metric pair the paper's table reports
+    val_fraction: float = VAL_FRACTION   # hold-out used when no list validates; 0 = no validation
     epochs: int = 20
     lr: float = 1e-4
     weight_decay: float = 5e-4
@@ -79,23 +90,24 @@ def _register(s: Setting) -> None:
 _register(Setting(
     name="sketchy/zeroshot1", dataset_dir="Sketchy", split_dir="zeroshot1", naming_schemes=(SAKE_NAMES,),
     n_seen=100, n_unseen=25, batch_size=210, sketch_divisor=3, warmup_epochs=10, teacher_lr_scale=1.0,
-    use_cid_mask=True, has_val_list=True, checkpoint_dir="checkpoint/sketchy/zeroshot1",
+    use_cid_mask=True, val_list_by_default=True, checkpoint_dir="checkpoint/sketchy/zeroshot1",
     pq_m=(2, 4), pq_k=tuple(range(22, 29)), paper_metrics=("mAP@all", "P@100")))
 _register(Setting(
     name="sketchy/zeroshot2", dataset_dir="Sketchy", split_dir="zeroshot2", naming_schemes=(SAKE_NAMES,),
     n_seen=104, n_unseen=21, batch_size=210, sketch_divisor=3, warmup_epochs=10, teacher_lr_scale=1.0,
-    use_cid_mask=True, has_val_list=False, checkpoint_dir="checkpoint/sketchy/zeroshot2",
+    use_cid_mask=True, val_list_by_default=True, checkpoint_dir="checkpoint/sketchy/zeroshot2",
     pq_m=(2, 4), pq_k=tuple(range(18, 25)), paper_metrics=("mAP@200", "P@200")))
 _register(Setting(
     name="tuberlin/zeroshot", dataset_dir="TUBerlin", split_dir="zeroshot", naming_schemes=(TUBERLIN_NAMES,),
     n_seen=220, n_unseen=30, batch_size=210, sketch_divisor=10, warmup_epochs=6, teacher_lr_scale=0.5,
-    use_cid_mask=True, has_val_list=True, checkpoint_dir="checkpoint/tuberlin/zeroshot",
+    use_cid_mask=True, val_list_by_default=True, checkpoint_dir="checkpoint/tuberlin/zeroshot",
     pq_m=(2, 4), pq_k=tuple(range(27, 34)), paper_metrics=("mAP@all", "P@100")))
 _register(Setting(
     name="quickdraw/zeroshot", dataset_dir="QuickDraw", split_dir="zeroshot",
-    naming_schemes=(QUICKDRAW_PUBLIC_NAMES, SAKE_NAMES),
+    naming_schemes=(QUICKDRAW_AUTHORS_NAMES, QUICKDRAW_PUBLIC_NAMES, SAKE_NAMES),
     n_seen=80, n_unseen=30, batch_size=110, sketch_divisor=10, warmup_epochs=4, teacher_lr_scale=1.0,
-    use_cid_mask=False, has_val_list=False, checkpoint_dir="checkpoint/quickdraw/zeroshot",
+    # the released QuickDraw run validates on nothing: all training sketches train, the last epoch is the model
+    use_cid_mask=False, val_list_by_default=False, val_fraction=0.0, checkpoint_dir="checkpoint/quickdraw/zeroshot",
     pq_m=(2,), pq_k=tuple(range(27, 34)), paper_metrics=("mAP@all", "P@200")))
 
 
@@ -160,6 +172,7 @@ def resolve_paths(setting: Setting, data_root: str | Path) -> SettingPaths:
                     raise UserError(f"class file {f} does not exist (it comes with the {setting.dataset_dir} package)")
             return paths
         looked_for.extend(scheme[r] for r in REQUIRED_ROLES)
+    looked_for = list(dict.fromkeys(looked_for))      # schemes share some names (all_photo_filelist_*.txt)
     missing = [n for n in looked_for if not (split / n).is_file()]
     raise UserError(
         f"no complete set of list files in {split}: looked for {', '.join(looked_for)}; "

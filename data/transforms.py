@@ -11,14 +11,52 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def pillow_affine(sx: float, sy: float, angle: float, tx: float, ty: float) -> tuple[float, ...]:
+    """Pillow AFFINE coefficients that resample as the released code's
+    ``warp(img, AffineTransform(scale=(sx, sy), rotation=angle, translation=(tx, ty)).inverse)`` does.
+
+    skimage's forward map, in (x = column, y = row) coordinates whose integer values are pixel centres, is
+    ``p' = A p + t`` with ``A = [[sx cos, -sy sin], [sx sin, sy cos]]``: scale, then rotation about the
+    top-left pixel's centre, then translation. Pillow wants the output -> input map, and its coordinates
+    are pixel corners (pixel i spans [i, i + 1), its centre is i + 0.5), so the half-pixel shift is
+    composed in: ``corner_in = A^-1 (corner_out - 0.5 - t) + 0.5``.
+    """
+    cos, sin = math.cos(angle), math.sin(angle)
+    a, b, c, d = sx * cos, -sy * sin, sx * sin, sy * cos
+    det = a * d - b * c
+    ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
+    ox, oy = tx + 0.5, ty + 0.5
+    return ia, ib, 0.5 - (ia * ox + ib * oy), ic, id_, 0.5 - (ic * ox + id_ * oy)
+
+
+def warp_affine(img: Image.Image, coeffs: tuple[float, ...], fill: int = 0) -> Image.Image:
+    """Bilinear resampling with Pillow's ``coeffs`` (output -> input), as skimage's ``warp(order=1,
+    mode='constant', cval=fill)`` and ``.astype('uint8')`` compute it.
+
+    skimage treats each of the four neighbours of a sample that falls outside the image as ``fill``, so
+    the warped image's edge blends into the fill over one pixel; Pillow instead fills samples outside the
+    image and repeats the edge pixels for those just inside. A one-pixel border of ``fill`` around the
+    image (the coefficients shifted by it) gives skimage's edge. Pillow truncates the interpolated value
+    to uint8 as ``astype('uint8')`` does.
+    """
+    w, h = img.size
+    colour = (fill,) * len(img.getbands())
+    padded = Image.new(img.mode, (w + 2, h + 2), colour)
+    padded.paste(img, (1, 1))
+    ia, ib, c0, ic, id_, c1 = coeffs
+    return padded.transform((w, h), Image.Transform.AFFINE, (ia, ib, c0 + 1.0, ic, id_, c1 + 1.0),
+                            resample=Image.Resampling.BILINEAR, fillcolor=colour)
+
+
 class RandomAffineXY:
     """The released code's sketch/photo augmentation, applied with probability ``p``.
 
     Each step independently: horizontal flip (0.5); independent x/y scale U(0.7,1.3) (0.5); rotation
     U(-30,30) degrees (0.5); translation U(-10,10) px in x and y (0.5). As in the original (skimage's
-    ``AffineTransform`` + ``warp``), scale/rotation/translation form one affine map about the image's
-    top-left corner, resampled bilinearly with constant fill 0 (black). torchvision's RandomAffine has
-    neither anisotropic scale nor a corner origin, hence this small class on top of Pillow.
+    ``AffineTransform`` + ``warp``), scale/rotation/translation form one affine map about the centre of
+    the top-left pixel, resampled bilinearly on skimage's pixel-centre grid with constant fill 0 (black)
+    and truncated to uint8 (``pillow_affine``, ``warp_affine``). torchvision's RandomAffine has neither
+    anisotropic scale nor this origin, hence this small class on top of Pillow.
     """
 
     def __init__(self, p: float = 0.7, scale=(0.7, 1.3), degrees: float = 30.0, translate_px: float = 10.0,
@@ -30,7 +68,7 @@ class RandomAffineXY:
         return a + (b - a) * torch.rand(()).item()  # torch's RNG, so --seed and worker seeding cover it
 
     def draw(self) -> tuple[bool, tuple[float, ...] | None] | None:
-        """(flip, inverse affine coefficients for Pillow or None for no warp); None: image left alone."""
+        """(flip, Pillow affine coefficients or None for no warp); None: image left alone."""
         coin = lambda q: torch.rand(()).item() < q  # noqa: E731
         if not coin(self.p):
             return None
@@ -41,12 +79,7 @@ class RandomAffineXY:
                    self._uniform(-self.translate_px, self.translate_px)) if coin(0.5) else (0.0, 0.0))
         if (sx, sy, angle, tx, ty) == (1.0, 1.0, 0.0, 0.0, 0.0):
             return flip, None
-        # forward map p' = A p + t with A = [[sx cos, -sy sin], [sx sin, sy cos]]; Pillow wants the inverse.
-        cos, sin = math.cos(angle), math.sin(angle)
-        a, b, c, d = sx * cos, -sy * sin, sx * sin, sy * cos
-        det = a * d - b * c
-        ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
-        return flip, (ia, ib, -(ia * tx + ib * ty), ic, id_, -(ic * tx + id_ * ty))
+        return flip, pillow_affine(sx, sy, angle, tx, ty)
 
     def __call__(self, img: Image.Image) -> Image.Image:
         drawn = self.draw()
@@ -57,8 +90,7 @@ class RandomAffineXY:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         if coeffs is None:
             return img
-        return img.transform(img.size, Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR,
-                             fillcolor=(self.fill,) * len(img.getbands()))
+        return warp_affine(img, coeffs, self.fill)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(p={self.p}, scale={self.scale}, degrees={self.degrees}, " \

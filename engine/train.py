@@ -103,8 +103,16 @@ def build_parser(setting: Setting, dataset: str) -> argparse.ArgumentParser:
     p.add_argument("--classifier_init_std", type=float, default=CLASSIFIER_INIT_STD,
                    help="std of the new seen-class classifier's truncated-normal init (released: 2e-5; a "
                         "from-scratch run learns much faster with 0.02)")
-    p.add_argument("--val_fraction", type=float, default=VAL_FRACTION,
-                   help="per-class hold-out of training sketches when the split has no *_test list")
+    p.add_argument("--val_fraction", type=float, default=setting.val_fraction,
+                   help="per-class hold-out of training sketches when the split has no *_test list"
+                   if setting.val_list_by_default else   # QuickDraw: the released run validates on nothing
+                   f"hold out this fraction of each class's training sketches for validation and keep the best "
+                   f"epoch (e.g. {VAL_FRACTION}); 0: no validation, all training sketches train and the last "
+                   "epoch is model_best, as in the released run")
+    if not setting.val_list_by_default:
+        p.add_argument("--val_list", action="store_true",
+                       help="validate on the split's sketch_test-role list (sketch_filelist_test.txt, "
+                            "sketch_test.txt or sketch_tx_..._filelist_test.txt) and keep the best epoch")
     p.add_argument("--detach_reverse_target", action="store_true",
                    help="variant: the reverse loss L_kd(t<-s) does not push the student")
     p.add_argument("--no_figures", action="store_true", help="do not write training_curves.png")
@@ -146,9 +154,12 @@ class TrainData:
 
 
 def build_data(setting: Setting, paths: SettingPaths, img_size: int, val_fraction: float,
-               augment: str = "released") -> TrainData:
+               augment: str = "released", val_list: bool = False) -> TrainData:
     """Training sketches/photos and the validation sketches of one setting.
 
+    Validation: the split's sketch_test-role list when the setting uses it by default (Sketchy, TU-Berlin)
+    or ``val_list`` asks for it (QuickDraw, ``--val_list``); else a per-class hold-out of ``val_fraction``
+    of the training sketches; with 0, none (QuickDraw's default, the released run: the last epoch is the model).
     ``augment``: ``released`` (the original code's flip/scale/rotation/translation) or ``none``.
     """
     names = read_class_file(paths.class_file)
@@ -157,19 +168,24 @@ def build_data(setting: Setting, paths: SettingPaths, img_size: int, val_fractio
     tf = train_transform(img_size) if augment == "released" else test_transform(img_size)
     sketches = ListDataset.from_list(paths.root, paths.list_file("sketch_train"), n_seen, tf, cls_file)
     photos = ListDataset.from_list(paths.root, paths.list_file("photo_train"), n_seen, tf, cls_file)
-    val_list = paths.list_file("sketch_test")
-    if val_list is not None:
-        val = ListDataset.from_list(paths.root, val_list, n_seen, test_transform(img_size), cls_file)
-        source = f"{val_list.name} ({len(val)} seen-class sketches)"
+    test_list = paths.list_file("sketch_test")
+    if val_list and test_list is None:
+        names_tried = ", ".join(scheme["sketch_test"] for scheme in setting.naming_schemes)
+        raise UserError(f"--val_list: {paths.split} has no sketch_test-role list (looked for {names_tried}); "
+                        "drop --val_list, or use --val_fraction 0.05 for a hold-out of the training sketches")
+    if test_list is not None and (setting.val_list_by_default or val_list):
+        val = ListDataset.from_list(paths.root, test_list, n_seen, test_transform(img_size), cls_file)
+        source = f"{test_list.name} ({len(val)} seen-class sketches)"
     elif val_fraction > 0:
         keep, held = holdout_indices(sketches.labels, val_fraction)
         val = sketches.subset(held)
         val.transform = test_transform(img_size)
         sketches = sketches.subset(keep)
-        source = (f"per-class hold-out of {val_fraction:.0%} of the training sketches ({len(val)} sketches; "
-                  f"the split has no *_test list)")
+        why = "the split has no *_test list" if setting.val_list_by_default else "--val_fraction"
+        source = f"per-class hold-out of {val_fraction:.0%} of the training sketches ({len(val)} sketches; {why})"
     else:
-        val, source = None, "none (--val_fraction 0): the last epoch is the model"
+        unused = f"; {test_list.name} is not used without --val_list" if test_list is not None else ""
+        val, source = None, f"none (--val_fraction 0): all training sketches train, the last epoch is the model{unused}"
     return TrainData(sketches, photos, val, source, n_seen, names)
 
 
@@ -278,7 +294,8 @@ class Trainer:
         self.savedir = Path(args.savedir)
         self.is_main = info.is_main
         paths = resolve_paths(setting, args.data_root)
-        self.data = build_data(setting, paths, args.img_size, args.val_fraction, args.augment)
+        self.data = build_data(setting, paths, args.img_size, args.val_fraction, args.augment,
+                               getattr(args, "val_list", False))
         self.cid_mask = (load_cid_mask(paths.cid_mask_file, self.data.n_seen).to(device)
                          if setting.use_cid_mask else None)
 

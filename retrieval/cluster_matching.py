@@ -22,7 +22,7 @@ from utils.errors import UserError
 QUANTIZERS = ("gmm", "kmeans")
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 DEFAULT_ALPHA = 0.8
-DEFAULT_SEED = 123       # the released PQ.fit seeds NumPy with 123 before fitting
+DEFAULT_SEED = 123       # the released PQ.fit seeds NumPy's global generator with 123 before fitting
 
 
 @dataclass
@@ -53,7 +53,13 @@ def check_pq_shape(dim: int, n_items: int, m: int, k: int) -> None:
 
 def fit_codebook(gallery: np.ndarray, m: int, k: int, quantizer: str = "gmm", covariance: str = "full",
                  max_samples: Optional[int] = None, seed: int = DEFAULT_SEED) -> Codebook:
-    """Fit K codewords in each of M subspaces of the gallery features (seeded)."""
+    """Fit K codewords in each of M subspaces of the gallery features (seeded).
+
+    One ``RandomState(seed)`` is shared by the M fits in subspace order, so subspace s continues the random
+    stream that subspace s - 1 left: what the released ``PQ.fit`` does by seeding NumPy's global generator
+    once and fitting with ``random_state=None`` (which draws from that generator). The optional sample
+    (``max_samples``) is drawn from a separate generator and leaves this stream untouched.
+    """
     from sklearn.cluster import KMeans
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
@@ -65,16 +71,17 @@ def fit_codebook(gallery: np.ndarray, m: int, k: int, quantizer: str = "gmm", co
     sub_dim = dim // m
     codewords = np.empty((m, k, sub_dim), dtype=np.float32)
     converged = True
+    stream = np.random.RandomState(seed)
     for s in range(m):
         sub = np.ascontiguousarray(gallery[:, s * sub_dim:(s + 1) * sub_dim])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)   # reported once through `converged`
             try:
                 if quantizer == "gmm":
-                    model = GaussianMixture(n_components=k, covariance_type=covariance, random_state=seed).fit(sub)
+                    model = GaussianMixture(n_components=k, covariance_type=covariance, random_state=stream).fit(sub)
                     codewords[s] = model.means_
                 else:
-                    model = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(sub)
+                    model = KMeans(n_clusters=k, n_init=1, random_state=stream).fit(sub)
                     codewords[s] = model.cluster_centers_
             except ValueError as exc:
                 raise UserError(f"fitting {k} codewords in subspace {s} of {m} failed "

@@ -37,6 +37,8 @@ def seen_validation_sets(paths: SettingPaths, n_classes: int, max_queries: Optio
                                       paths.class_file)
         sketches = train.subset(holdout_indices(train.labels, VAL_FRACTION)[1])
         source = f"the {VAL_FRACTION:.0%} per-class hold-out of {paths.list_file('sketch_train').name}"
+        if paths.setting.val_fraction == 0:    # QuickDraw: training keeps these sketches unless asked not to
+            source += " (trained on, unless training ran with --val_fraction)"
     photos = ListDataset.from_list(paths.root, paths.list_file("photo_train"), n_seen, transform, paths.class_file)
     rng = np.random.default_rng(seed)
     present = np.intersect1d(sketches.labels, photos.labels)

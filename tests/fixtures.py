@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data.registry import QUICKDRAW_PUBLIC_NAMES, SAKE_NAMES, TUBERLIN_NAMES, get_setting
+from data.registry import QUICKDRAW_AUTHORS_NAMES, QUICKDRAW_PUBLIC_NAMES, SAKE_NAMES, TUBERLIN_NAMES, get_setting
 
 # role -> (image folder under the dataset root, extension) per layout
 LAYOUTS = {
@@ -16,9 +16,10 @@ LAYOUTS = {
     "tuberlin": {"sketch": ("png_ready", "png"), "photo": ("ImageResized_ready", "JPEG"), "names": TUBERLIN_NAMES},
     "quickdraw": {"sketch": ("sketches", "png"), "photo": ("images", "jpg"), "names": QUICKDRAW_PUBLIC_NAMES},
     "quickdraw_sake": {"sketch": ("sketches", "png"), "photo": ("images", "jpg"), "names": SAKE_NAMES},
+    "quickdraw_authors": {"sketch": ("sketches", "png"), "photo": ("images", "jpg"), "names": QUICKDRAW_AUTHORS_NAMES},
 }
 SETTING_OF = {"sketchy": "sketchy/zeroshot1", "tuberlin": "tuberlin/zeroshot", "quickdraw": "quickdraw/zeroshot",
-              "quickdraw_sake": "quickdraw/zeroshot"}
+              "quickdraw_sake": "quickdraw/zeroshot", "quickdraw_authors": "quickdraw/zeroshot"}
 
 
 def _image(rng: np.random.Generator, label: int, size: int, photo: bool) -> Image.Image:

@@ -100,3 +100,101 @@ def test_pq_shape_errors_name_the_flag():
         check_pq_shape(12, 100, 5, 3)
     with pytest.raises(UserError, match="--pq_k 100"):
         check_pq_shape(12, 100, 2, 100)
+
+
+# ---------------------------------------------------------------------------------- released seeding order
+# An independent re-implementation of the released one-to-many sweep (utils/pq.py PQ.fit/encode/dtable/adist,
+# the 0.8/0.2 blend with the Euclidean distance, utils/eval_tools.py): NumPy's global generator is seeded
+# with 123 once per (M, K), and each subspace's fit (no random_state) continues the stream the previous
+# subspace left.
+def _released_codewords(gallery: np.ndarray, m: int, k: int, quantizer: str) -> np.ndarray:
+    from sklearn.cluster import KMeans
+    from sklearn.mixture import GaussianMixture
+
+    saved = np.random.get_state()
+    np.random.seed(123)
+    try:
+        sub_dim = gallery.shape[1] // m
+        words = np.zeros((m, k, sub_dim), dtype=np.float32)
+        for s in range(m):
+            sub = gallery[:, s * sub_dim:(s + 1) * sub_dim]
+            if quantizer == "gmm":
+                words[s] = GaussianMixture(n_components=k).fit(sub).means_
+            else:
+                words[s] = KMeans(n_clusters=k, n_init=1).fit(sub).cluster_centers_
+    finally:
+        np.random.set_state(saved)
+    return words
+
+
+def _released_distances(query: np.ndarray, gallery: np.ndarray, words: np.ndarray) -> np.ndarray:
+    from scipy.cluster.vq import vq
+    from scipy.spatial.distance import cdist
+
+    m, _, sub_dim = words.shape
+    codes = np.stack([vq(gallery[:, s * sub_dim:(s + 1) * sub_dim], words[s])[0] for s in range(m)], axis=1)
+    rows = []
+    for q in query:
+        table = np.stack([np.linalg.norm(words[s] - q[s * sub_dim:(s + 1) * sub_dim], axis=1) ** 2
+                          for s in range(m)]).astype(np.float32)
+        rows.append(table[np.arange(m), codes].sum(axis=1))
+    return 0.8 * np.array(rows) + 0.2 * cdist(query, gallery)
+
+
+def _voc_ap(label, row, gallery_labels, top=None):
+    pos = gallery_labels == label
+    order = np.argsort(row)
+    tp, n_pos = pos[order], pos.sum()
+    if top is not None:
+        tp, n_pos = tp[:min(top, len(row))], min(top, n_pos)
+    tp_c, fp_c = np.cumsum(tp), np.cumsum(~tp)
+    rec, prec = tp_c / n_pos, tp_c / (tp_c + fp_c)
+    mrec, mpre = np.concatenate([[0], rec, [1]]), np.concatenate([[0], prec, [0]])
+    for i in range(len(mpre) - 2, -1, -1):
+        mpre[i] = max(mpre[i], mpre[i + 1])
+    step = mrec[1:] != mrec[:-1]
+    return float(np.sum((mrec[1:][step] - mrec[:-1][step]) * mpre[1:][step]))
+
+
+def _precision(label, row, gallery_labels, top):
+    top = min(top, len(row))
+    return float(np.sum((gallery_labels == label)[np.argsort(row)][:top]) / top)
+
+
+def _released_row(features, m: int, k: int, quantizer: str) -> dict:
+    words = _released_codewords(features.gallery, m, k, quantizer)
+    dist = _released_distances(features.query, features.gallery, words)
+    ql, gl = features.query_labels, features.gallery_labels
+    per_query = {"mAP@all": [_voc_ap(ql[i], dist[i], gl) for i in range(len(ql))],
+                 "mAP@200": [_voc_ap(ql[i], dist[i], gl, 200) for i in range(len(ql))],
+                 "P@100": [_precision(ql[i], dist[i], gl, 100) for i in range(len(ql))],
+                 "P@200": [_precision(ql[i], dist[i], gl, 200) for i in range(len(ql))]}
+    row = {"per_query": {}, "per_class": {}}
+    for name, values in per_query.items():
+        values = np.array(values)
+        row["per_query"][name] = float(np.nanmean(values))
+        row["per_class"][name] = float(np.mean([np.nanmean(values[ql == c]) for c in np.unique(ql)]))
+    return row
+
+
+@pytest.mark.parametrize("quantizer", ["gmm", "kmeans"])
+def test_sweep_rows_equal_the_released_seeding_order(quantizer):
+    from retrieval.search import QuantizerOptions
+
+    # noisy class structure, K far from the class count: the subspace fits depend on where they start
+    features = clustered_features(n_query=60, n_gallery=240, n_classes=6, dim=16, seed=7, noise=1.6)
+    grid = [(2, 7), (4, 5)]
+    entries = RetrievalProblem(features, CPU).sweep(grid, QuantizerOptions(quantizer=quantizer), "test")
+    for entry, (m, k) in zip(entries, grid):
+        expected = _released_row(features, m, k, quantizer)
+        got = entry.metrics.averaged()
+        for averaging in ("per_class", "per_query"):
+            for name in METRIC_KEYS:
+                assert got[averaging][name] == pytest.approx(expected[averaging][name], abs=1e-5), \
+                    (quantizer, m, k, averaging, name)
+
+
+def test_codewords_continue_one_stream_across_subspaces(data):
+    features, _ = data
+    got = fit_codebook(features.gallery, 3, 4, "gmm").codewords
+    np.testing.assert_allclose(got, _released_codewords(features.gallery, 3, 4, "gmm"), rtol=1e-5, atol=1e-6)

@@ -10,8 +10,8 @@ from PIL import Image
 from data.cid_mask import load_cid_mask
 from data.dataset import ListDataset, holdout_indices
 from data.lists import parse_list_file, read_class_file
-from data.registry import QUICKDRAW_PUBLIC_NAMES, SAKE_NAMES, get_setting, resolve_paths
-from data.transforms import RandomAffineXY, train_transform
+from data.registry import QUICKDRAW_AUTHORS_NAMES, QUICKDRAW_PUBLIC_NAMES, SAKE_NAMES, get_setting, resolve_paths
+from data.transforms import RandomAffineXY, pillow_affine, train_transform, warp_affine
 from data.transforms import test_transform as eval_transform
 from tests.fixtures import make_tree
 from utils.errors import UserError
@@ -49,8 +49,9 @@ def test_class_file_ids_are_checked(tmp_path):
         read_class_file(f)
 
 
-@pytest.mark.parametrize("layout,names", [("quickdraw", QUICKDRAW_PUBLIC_NAMES), ("quickdraw_sake", SAKE_NAMES)])
-def test_quickdraw_both_naming_schemes_are_found(tmp_path, layout, names):
+@pytest.mark.parametrize("layout,names", [("quickdraw_authors", QUICKDRAW_AUTHORS_NAMES),
+                                          ("quickdraw", QUICKDRAW_PUBLIC_NAMES), ("quickdraw_sake", SAKE_NAMES)])
+def test_quickdraw_every_naming_scheme_is_found(tmp_path, layout, names):
     make_tree(tmp_path, layout, test_list=False, cid_mask=False)
     paths = resolve_paths(get_setting("quickdraw/zeroshot"), tmp_path)
     assert paths.list_file("sketch_train").name == names["sketch_train"]
@@ -64,6 +65,19 @@ def test_missing_lists_name_every_file_looked_for(tmp_path):
         resolve_paths(get_setting("quickdraw/zeroshot"), tmp_path)
     for name in list(QUICKDRAW_PUBLIC_NAMES.values())[:1] + [SAKE_NAMES["photo_zero"], "all_photo_zero.txt"]:
         assert name in str(err.value)
+
+
+def test_incomplete_authors_quickdraw_folder_names_every_file_looked_for(tmp_path):
+    make_tree(tmp_path, "quickdraw_authors", test_list=False, cid_mask=False, sketches=2, photos=2)
+    split = tmp_path / "QuickDraw" / "zeroshot"
+    (split / QUICKDRAW_AUTHORS_NAMES["photo_zero"]).unlink()
+    with pytest.raises(UserError) as err:
+        resolve_paths(get_setting("quickdraw/zeroshot"), tmp_path)
+    message = str(err.value)
+    for scheme in (QUICKDRAW_AUTHORS_NAMES, QUICKDRAW_PUBLIC_NAMES, SAKE_NAMES):
+        for role in ("sketch_train", "sketch_zero", "photo_train", "photo_zero"):
+            assert scheme[role] in message
+    assert "missing all_photo_filelist_zero.txt" in message and "missing sketch_filelist_train.txt" not in message
 
 
 def test_missing_dataset_folder_says_what_to_create(tmp_path):
@@ -187,7 +201,7 @@ def test_affine_flip_only_mirrors_exactly():
     pytest.fail("no pure flip drawn in 200 seeds")
 
 
-def test_affine_is_about_the_top_left_corner_with_black_fill():
+def test_affine_is_about_the_top_left_pixel_with_black_fill():
     """A pure translation by (tx, ty) moves pixel (0, 0) to about (tx, ty) and fills the edge with black."""
     img = Image.new("RGB", (64, 64), (255, 255, 255))
     aug = RandomAffineXY(p=1.0)
@@ -202,3 +216,75 @@ def test_affine_is_about_the_top_left_corner_with_black_fill():
             assert out[int(ty) + 2, int(tx) + 2].tolist() == [255, 255, 255]
             return
     pytest.fail("no pure translation drawn")
+
+
+# ---------------------------------------------------------------------------------- the released warp's grid
+def skimage_style_warp(img: np.ndarray, sx, sy, angle, tx, ty) -> np.ndarray:
+    """Independent reference of ``warp(img, AffineTransform(scale=(sx, sy), rotation=angle,
+    translation=(tx, ty)).inverse, preserve_range=True).astype('uint8')``: integer coordinates are pixel
+    centres (x = column, y = row); each output pixel samples the input at ``A^-1 (p - t)`` bilinearly, a
+    neighbour outside the image counts as 0; the result is truncated to uint8."""
+    a = img.astype(np.float64).reshape(img.shape[0], img.shape[1], -1)
+    h, w, _ = a.shape
+    fwd = np.array([[sx * np.cos(angle), -sy * np.sin(angle)], [sx * np.sin(angle), sy * np.cos(angle)]])
+    rows, cols = np.mgrid[0:h, 0:w]
+    x, y = np.linalg.solve(fwd, np.stack([cols.ravel() - tx, rows.ravel() - ty]))
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+
+    def at(r, c):
+        inside = (r >= 0) & (r < h) & (c >= 0) & (c < w)
+        out = np.zeros((len(r), a.shape[2]))
+        out[inside] = a[r[inside], c[inside]]
+        return out
+
+    value = (at(y0, x0) * (1 - fx) * (1 - fy) + at(y0, x0 + 1) * fx * (1 - fy)
+             + at(y0 + 1, x0) * (1 - fx) * fy + at(y0 + 1, x0 + 1) * fx * fy)
+    return value.reshape(img.shape).astype(np.uint8)
+
+
+def _sketch_like(size: int = 64) -> Image.Image:
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(1)
+    img = Image.new("RGB", (size, size), "white")
+    pen = ImageDraw.Draw(img)
+    for _ in range(8):
+        pen.line([tuple(int(v) for v in rng.integers(0, size, 2)) for _ in range(3)], fill=(0, 0, 0), width=2)
+    return img
+
+
+def _photo_like(size: int = 48) -> Image.Image:
+    rng = np.random.default_rng(2)
+    coarse = rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)
+    return Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC).convert("L")
+
+
+# (scale x, scale y, rotation in radians, translation x, translation y), within the released ranges
+WARP_DRAWS = [(1.21, 0.83, 0.35, 5.3, -7.1), (0.7, 1.3, -0.52, -10.0, 10.0), (1.0, 1.0, 0.0, 3.5, 2.25),
+              (1.08, 0.91, 0.2, 0.0, 0.0), (1.29, 1.17, -0.09, -2.7, 9.9), (0.76, 0.95, 0.47, 8.4, 0.6)]
+
+
+@pytest.mark.parametrize("make", [_sketch_like, _photo_like])
+@pytest.mark.parametrize("draw", WARP_DRAWS)
+def test_warp_samples_the_released_pixel_centre_grid(make, draw):
+    img = make()
+    expected = skimage_style_warp(np.asarray(img), *draw).astype(int)
+    got = np.asarray(warp_affine(img, pillow_affine(*draw))).astype(int)
+    assert got.shape == expected.shape
+    diff = np.abs(got - expected)
+    assert diff.mean() <= 0.5 and diff.max() <= 1, (diff.mean(), diff.max())   # in uint8 levels
+
+
+def test_random_affine_applies_the_flip_then_its_drawn_warp():
+    img = _sketch_like(32)
+    aug = RandomAffineXY(p=1.0)
+    for seed in range(100):
+        torch.manual_seed(seed)
+        flip, coeffs = aug.draw()
+        if flip and coeffs is not None:
+            torch.manual_seed(seed)
+            mirrored = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            np.testing.assert_array_equal(np.asarray(aug(img)), np.asarray(warp_affine(mirrored, coeffs)))
+            return
+    pytest.fail("no flip + warp drawn in 100 seeds")

@@ -22,7 +22,7 @@ SCRIPTS = {
     "test_sketchy_ext_split_zeroshot.py": ("sketchy/zeroshot2", {"layout": "sketchy", "split_dir": "zeroshot2",
                                                                   "test_list": False}),
     "test_tuberlin_ext_zeroshot.py": ("tuberlin/zeroshot", {"layout": "tuberlin"}),
-    "test_quickdraw_ext_zeroshot.py": ("quickdraw/zeroshot", {"layout": "quickdraw"}),
+    "test_quickdraw_ext_zeroshot.py": ("quickdraw/zeroshot", {"layout": "quickdraw_authors"}),   # released names
 }
 SMALL = ["--device", "cpu", "--workers", "0", "--pq_m", "2", "--pq_k", "2", "3", "--chunk", "16"]
 TINY_TREE = {"sketches": 3, "photos": 4}        # 2 unseen classes: 6 query sketches, 8 gallery photos

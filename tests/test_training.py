@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.train import CHECKPOINT, LOG, Trainer, build_parser, choose_setting, initial_student, main, seed_epoch
+from data.registry import QUICKDRAW_AUTHORS_NAMES, resolve_paths
+from engine.train import (CHECKPOINT, LOG, Trainer, build_data, build_parser, choose_setting, initial_student, main,
+                          seed_epoch)
 from tests.fixtures import make_tree
 from utils.checkpoint import load_checkpoint
 from utils.distributed import DistInfo
@@ -111,12 +113,13 @@ def _script(name, *argv, env_extra=None, timeout=300):
     ("train_sketchy_ext.py", "sketchy", []),
     ("train_sketchy_ext.py", "sketchy", ["--zero_version", "zeroshot2"]),
     ("train_tuberlin_ext.py", "tuberlin", ["--batch_size", "20"]),
-    ("train_quickdraw_ext.py", "quickdraw", ["--batch_size", "20"]),
+    ("train_quickdraw_ext.py", "quickdraw_authors", ["--batch_size", "20"]),
 ])
 def test_train_script_end_to_end(tmp_path, script, layout, extra):
     split_dir = "zeroshot2" if "zeroshot2" in extra else None
-    make_tree(tmp_path / "data", layout, split_dir=split_dir, test_list=layout != "quickdraw",
-              cid_mask=layout != "quickdraw", sketches=10, photos=10)
+    quickdraw = layout.startswith("quickdraw")
+    make_tree(tmp_path / "data", layout, split_dir=split_dir, test_list=not quickdraw,
+              cid_mask=not quickdraw, sketches=10, photos=10)
     run = tmp_path / "run"
     argv = ["--data_root", str(tmp_path / "data"), "--savedir", str(run), *TINY, "--epochs", "2",
             "--warmup_epochs", "1", "--max_steps_per_epoch", "2", "--no_figures", *extra]
@@ -129,8 +132,9 @@ def test_train_script_end_to_end(tmp_path, script, layout, extra):
     assert log[1]["loss_reverse"] is not None and log[0]["loss_reverse"] is None
     ckpt = load_checkpoint(run / CHECKPOINT)
     assert {"epoch", "state_dict", "best_acc1", "optimizer", "optimizer_1", "rng", "config"} <= set(ckpt)
-    if layout == "quickdraw":
-        assert "hold-out of 5%" in res.stdout
+    if quickdraw:   # the released QuickDraw run: no validation, the last epoch is model_best
+        assert "validation: none (--val_fraction 0)" in res.stdout
+        assert load_checkpoint(run / "model_best.pth.tar")["epoch"] == 2
 
 
 @pytest.mark.parametrize("problem,pattern", [
@@ -216,3 +220,60 @@ def test_the_demo_baseline_is_the_network_training_starts_from(tree, tmp_path):
     ours = trainer.student_module.state_dict()
     assert all(torch.equal(v, rebuilt.state_dict()[k]) for k, v in ours.items())
     assert not torch.equal(ours["classifier.weight"], other.state_dict()["classifier.weight"])
+
+
+# ---------------------------------------------------------------------------------- validation per setting
+@pytest.fixture(scope="module")
+def quickdraw_authors_tree(tmp_path_factory):
+    """The released QuickDraw layout (sketch_filelist_*.txt, all_photo_filelist_*.txt) with a test list."""
+    root = tmp_path_factory.mktemp("quickdraw")
+    make_tree(root, "quickdraw_authors", cid_mask=False, sketches=8, photos=4)
+    return root
+
+
+def _data(data_root, *extra, dataset="quickdraw"):
+    args, setting = _args(data_root, "unused", *extra, dataset=dataset)
+    paths = resolve_paths(setting, args.data_root)
+    return build_data(setting, paths, 32, args.val_fraction, "none", getattr(args, "val_list", False)), paths
+
+
+def _listed(paths, role):
+    return len(paths.list_file(role).read_text().splitlines())
+
+
+def test_quickdraw_default_trains_on_every_sketch_without_validation(quickdraw_authors_tree):
+    data, paths = _data(quickdraw_authors_tree)
+    assert paths.list_file("sketch_train").name == QUICKDRAW_AUTHORS_NAMES["sketch_train"]
+    assert data.val is None and len(data.sketches) == _listed(paths, "sketch_train")
+    assert "sketch_filelist_test.txt is not used without --val_list" in data.val_source
+
+
+def test_quickdraw_hold_out_is_opt_in(quickdraw_authors_tree):
+    data, paths = _data(quickdraw_authors_tree, "--val_fraction", "0.05")
+    n_train = _listed(paths, "sketch_train")
+    assert data.val is not None and len(data.val) + len(data.sketches) == n_train
+    assert set(data.val.paths).isdisjoint(data.sketches.paths) and "hold-out of 5%" in data.val_source
+
+
+def test_quickdraw_test_list_only_when_asked(quickdraw_authors_tree, tmp_path):
+    data, paths = _data(quickdraw_authors_tree, "--val_list")
+    assert data.val.list_file == str(paths.list_file("sketch_test"))
+    assert len(data.val) == _listed(paths, "sketch_test") and len(data.sketches) == _listed(paths, "sketch_train")
+    make_tree(tmp_path, "quickdraw_authors", test_list=False, cid_mask=False, sketches=3, photos=3)
+    with pytest.raises(UserError, match=r"--val_list: .* has no sketch_test-role list \(looked for "
+                                        r"sketch_filelist_test\.txt, sketch_test\.txt, sketch_tx_"):
+        _data(tmp_path, "--val_list")
+
+
+@pytest.mark.parametrize("test_list", [True, False])
+def test_sketchy_zeroshot2_keeps_its_test_list_else_the_hold_out(tmp_path, test_list):
+    make_tree(tmp_path, "sketchy", split_dir="zeroshot2", test_list=test_list, sketches=8, photos=3)
+    data, paths = _data(tmp_path, "--zero_version", "zeroshot2", dataset="sketchy")
+    assert data.val is not None
+    if test_list:
+        assert data.val.list_file == str(paths.list_file("sketch_test"))
+    else:
+        assert "hold-out of 5%" in data.val_source and len(data.val) + len(data.sketches) == _listed(
+            paths, "sketch_train")
+    with pytest.raises(SystemExit):   # the flag exists only where the list is not used by default
+        _args(tmp_path, "unused", "--zero_version", "zeroshot2", "--val_list", dataset="sketchy")

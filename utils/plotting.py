@@ -11,6 +11,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
+from data.images import read_rgb
 from utils.errors import UserError
 
 # Colour-blind-friendly palette (Tableau 10), cycled over the series of one chart.
@@ -435,8 +436,7 @@ def _fitted_label(draw: ImageDraw.ImageDraw, text: str, font: Font, max_width: i
 def _tile(path: Path, size: int) -> Image.Image:
     """The image squeezed to ``size``; a grey placeholder if it cannot be read (the figure still gets made)."""
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB").resize((size, size), Image.BILINEAR)
+        return read_rgb(path).resize((size, size), Image.BILINEAR)
     except (FileNotFoundError, UnidentifiedImageError, OSError):
         placeholder = Image.new("RGB", (size, size), (200, 200, 200))
         _text(ImageDraw.Draw(placeholder), (size / 2, size / 2), "missing", _font(max(9, size // 8)))
