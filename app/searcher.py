@@ -189,16 +189,29 @@ class SketchSearcher:
         }
 
 
-def load_searcher(resume_dir: Path, gallery: str = "zero", data_root: Path = Path("datasets"),
-                  checkpoint: Optional[Path] = None, device: torch.device = torch.device("cpu"),
-                  batch_size: int = 32, workers: int = 0) -> SketchSearcher:
-    """The run's student and the chosen gallery, embedded (or read from files/cache) as needed."""
-    checkpoint = checkpoint or resume_dir / "model_best.pth.tar"
+@dataclass
+class TrainedStudent:
+    """A run's student with its checkpoint config and weights hash."""
+
+    student: torch.nn.Module
+    config: dict[str, Any]
+    weights_sha256: str
+    checkpoint: Path
+    device: torch.device
+
+
+def load_trained_student(checkpoint: Path, device: torch.device = torch.device("cpu")) -> TrainedStudent:
     if not checkpoint.is_file():
         raise UserError(f"checkpoint {checkpoint} does not exist: train a model first (or `make demo`), or pass "
                         "--resume_dir / --checkpoint")
     student, config = load_student_checkpoint(checkpoint, device)
-    weights = state_dict_sha256(student.state_dict())
+    return TrainedStudent(student, config, state_dict_sha256(student.state_dict()), checkpoint, device)
+
+
+def build_searcher(trained: TrainedStudent, resume_dir: Path, gallery: str = "zero",
+                   data_root: Path = Path("datasets"), batch_size: int = 32, workers: int = 0) -> SketchSearcher:
+    """The chosen gallery, its features read from files or the cache or embedded, behind a searcher."""
+    student, config, weights, device = trained.student, trained.config, trained.weights_sha256, trained.device
     transform = test_transform(int(config.get("img_size", 224)))
 
     def embed(root: Path, rel_paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -210,7 +223,7 @@ def load_searcher(resume_dir: Path, gallery: str = "zero", data_root: Path = Pat
     if gallery == "zero":
         setting = config.get("setting")
         if not setting:
-            raise UserError(f"checkpoint {checkpoint} names no dataset setting; pass --gallery FOLDER")
+            raise UserError(f"checkpoint {trained.checkpoint} names no dataset setting; pass --gallery FOLDER")
         chosen = zero_gallery(setting, data_root, resume_dir, weights, embed)
     else:
         chosen = folder_gallery(Path(gallery), resume_dir, weights, embed)
@@ -224,5 +237,13 @@ def load_searcher(resume_dir: Path, gallery: str = "zero", data_root: Path = Pat
         except UserError as exc:
             reason = f"M={m}, K={k} do not fit this gallery ({exc})"
     demo = gallery == "zero" and (chosen.root / MARKER_FILE).is_file()
-    return SketchSearcher(student, config, chosen, device, otm, reason, str(checkpoint),
+    return SketchSearcher(student, config, chosen, device, otm, reason, str(trained.checkpoint),
                           DEMO_STROKE_WIDTH if demo else STROKE_WIDTH)
+
+
+def load_searcher(resume_dir: Path, gallery: str = "zero", data_root: Path = Path("datasets"),
+                  checkpoint: Optional[Path] = None, device: torch.device = torch.device("cpu"),
+                  batch_size: int = 32, workers: int = 0) -> SketchSearcher:
+    """The run's student (``<resume_dir>/model_best.pth.tar`` unless ``checkpoint``) over the chosen gallery."""
+    trained = load_trained_student(checkpoint or resume_dir / "model_best.pth.tar", device)
+    return build_searcher(trained, resume_dir, gallery, data_root, batch_size, workers)

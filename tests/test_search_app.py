@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from app.gallery import cache_path, embed_with_cache, features_file_usable  # noqa: E402
-from app.searcher import load_searcher  # noqa: E402
+from app.searcher import build_searcher, load_searcher, load_trained_student  # noqa: E402
 from app.server import create_app  # noqa: E402
 from data.transforms import test_transform as sketch_transform  # noqa: E402
 from retrieval.feature_io import FeatureSet, save_features  # noqa: E402
@@ -63,6 +63,12 @@ def run(tmp_path_factory):
     make_checkpoint(tmp / "run", SETTING, n_seen=3)
     searcher = load_searcher(tmp / "run", "zero", tmp / "datasets", workers=0)
     return searcher, TestClient(create_app(searcher)), tmp / "run", tmp / "datasets"
+
+
+@pytest.fixture(scope="module")
+def trained(run):
+    """The fixture run's student, loaded once for the tests that build other galleries with it."""
+    return load_trained_student(run[2] / "model_best.pth.tar")
 
 
 def reference_features(student: torch.nn.Module, images: list[Image.Image], img_size: int) -> np.ndarray:
@@ -184,24 +190,20 @@ def test_features_file_is_used_only_for_its_own_checkpoint(tmp_path):
     assert not features_file_usable(tmp_path / "absent.pickle", weights, 8)
 
 
-def test_zero_gallery_reads_a_matching_features_file(run, tmp_path):
+def test_zero_gallery_reads_a_matching_features_file(run, trained, tmp_path):
     searcher, _, run_dir, data_root = run
-    from utils.provenance import state_dict_sha256
-
     other = tmp_path / "run"
-    other.mkdir()
-    (other / "model_best.pth.tar").symlink_to(run_dir / "model_best.pth.tar")
     rng = np.random.default_rng(0)
     fake = rng.standard_normal((8, 320)).astype(np.float32)
     fake /= np.linalg.norm(fake, axis=1, keepdims=True)
     save_features(FeatureSet(fake, np.zeros(8, np.int64), fake[:2], np.zeros(2, np.int64)),
                   other / "features_zero.pickle")
-    write_sidecar(other / "features_zero.pickle", {"student_sha256": state_dict_sha256(searcher.student.state_dict())})
-    used = load_searcher(other, "zero", data_root, workers=0)
+    write_sidecar(other / "features_zero.pickle", {"student_sha256": trained.weights_sha256})
+    used = build_searcher(trained, other, "zero", data_root)
     np.testing.assert_array_equal(used.gallery.features, fake)
     assert "features from" in used.gallery.source
     write_sidecar(other / "features_zero.pickle", {"student_sha256": "0" * 64})     # made by other weights
-    embedded = load_searcher(other, "zero", data_root, workers=0)
+    embedded = build_searcher(trained, other, "zero", data_root)
     np.testing.assert_allclose(embedded.gallery.features, searcher.gallery.features, atol=1e-6)
 
 
@@ -252,19 +254,17 @@ def test_folder_cache_reuses_and_re_embeds_only_what_changed(tmp_path):
     assert calls[-1] == rel
 
 
-def test_folder_gallery_end_to_end_skips_unreadable_photos(run, tmp_path):
+def test_folder_gallery_end_to_end_skips_unreadable_photos(run, trained, tmp_path):
     searcher, _, run_dir, _ = run
     folder = tmp_path / "photos"
     for i in range(3):
         photo(folder / f"p{i}.jpg", i, "JPEG")
     (folder / "broken.jpg").write_bytes(b"not really a jpeg")
     other = tmp_path / "run"
-    other.mkdir()
-    (other / "model_best.pth.tar").symlink_to(run_dir / "model_best.pth.tar")
-    first = load_searcher(other, str(folder), workers=0)
+    first = build_searcher(trained, other, str(folder))
     assert first.gallery.paths == ["p0.jpg", "p1.jpg", "p2.jpg"] and not first.gallery.labelled
     assert "unreadable" in first.gallery.source and "broken.jpg" in first.gallery.source
-    again = load_searcher(other, str(folder), workers=0)
+    again = build_searcher(trained, other, str(folder))
     assert "3 from the cache" in again.gallery.source
     reference = reference_features(searcher.student, [Image.open(folder / p) for p in again.gallery.paths], 32)
     np.testing.assert_allclose(again.gallery.features, reference, atol=1e-5)
@@ -272,15 +272,14 @@ def test_folder_gallery_end_to_end_skips_unreadable_photos(run, tmp_path):
     assert sorted(r["index"] for r in body["results"]) == [0, 1, 2] and body["results"][0]["label"] is None
 
 
-def test_one_to_many_at_the_selected_m_k(run, tmp_path):
+def test_one_to_many_at_the_selected_m_k(run, trained, tmp_path):
     searcher, _, run_dir, data_root = run
     other = tmp_path / "run"
     other.mkdir()
-    (other / "model_best.pth.tar").symlink_to(run_dir / "model_best.pth.tar")
     for cache in run_dir.glob("app_gallery_*.npz"):
         (other / cache.name).write_bytes(cache.read_bytes())
     (other / "results.json").write_text(json.dumps({"one_to_many": {"alpha": 0.8, "selected": {"M": 2, "K": 3}}}))
-    otm_searcher = load_searcher(other, "zero", data_root, workers=0)
+    otm_searcher = build_searcher(trained, other, "zero", data_root)
     assert otm_searcher.one_to_many.wait(60), otm_searcher.one_to_many.status
     client = TestClient(create_app(otm_searcher))
     assert client.get("/api/info").json()["one_to_many"] == {"M": 2, "K": 3, "alpha": 0.8, "status": "ready"}
