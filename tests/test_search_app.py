@@ -356,3 +356,21 @@ def test_fifty_concurrent_requests_are_all_answered_correctly(server):
     for i, (status, body) in answers:
         assert status == 200
         assert [r["index"] for r in body["results"]] == expected[i % 5]
+
+
+# ------------------------------------------------------------------------------------------ command line
+def test_command_line_defaults_to_loopback_and_explains_bad_starts(run, tmp_path):
+    import search_app
+    from utils.errors import UserError
+
+    assert search_app.build_parser().parse_args(["--resume_dir", "r"]).host == "127.0.0.1"
+    with pytest.raises(UserError, match="checkpoint .* does not exist"):
+        search_app.main(["--resume_dir", str(tmp_path / "nothing"), "--port", "0"])
+    with pytest.raises(UserError, match="neither 'zero' nor a folder"):
+        search_app.main(["--resume_dir", str(run[2]), "--gallery", str(tmp_path / "absent"), "--port", "0",
+                         "--device", "cpu"])
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(UserError, match="cannot listen on 127.0.0.1"):
+            search_app.main(["--resume_dir", str(run[2]), "--port", str(busy.getsockname()[1])])
