@@ -7,6 +7,8 @@ Photos are served only by their index in the gallery's own list, so no request c
 from __future__ import annotations
 
 import io
+import threading
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional
@@ -143,3 +145,22 @@ def create_app(searcher: SketchSearcher) -> Starlette:
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     app.state.searcher = searcher
     return app
+
+
+def serve_in_thread(app: Starlette, host: str = "127.0.0.1", timeout: float = 30.0):
+    """Serve ``app`` with uvicorn on a free port in a daemon thread (tests, benchmarks): (server, thread, port).
+
+    Returns once the server accepts connections; stop it with ``server.should_exit = True``.
+    """
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return server, thread, port

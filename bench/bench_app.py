@@ -18,10 +18,8 @@ import http.client
 import io
 import json
 import os
-import socket
 import statistics
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -97,18 +95,9 @@ def post(port: int, data: bytes, k: int) -> tuple[int, list[int]]:
 
 
 def concurrent(searcher: SketchSearcher, n: int, k: int) -> None:
-    import uvicorn
+    from app.server import create_app, serve_in_thread
 
-    from app.server import create_app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(searcher), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
+    server, thread, port = serve_in_thread(create_app(searcher))
     distinct = [sketch_png(1000 + i) for i in range(10)]
     expected = [post(port, d, k)[1] for d in distinct]
     start = time.perf_counter()

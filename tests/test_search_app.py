@@ -11,8 +11,6 @@ import io
 import json
 import os
 import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from starlette.testclient import TestClient  # noqa: E402
 
 from app.gallery import cache_path, embed_with_cache, features_file_usable  # noqa: E402
 from app.searcher import build_searcher, load_searcher, load_trained_student  # noqa: E402
-from app.server import create_app  # noqa: E402
+from app.server import create_app, serve_in_thread  # noqa: E402
 from data.transforms import test_transform as sketch_transform  # noqa: E402
 from retrieval.feature_io import FeatureSet, save_features  # noqa: E402
 from tests.fixtures import make_tree  # noqa: E402
@@ -302,25 +300,10 @@ def test_one_to_many_at_the_selected_m_k(run, trained, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ real server
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(run):
     """The app served by uvicorn on 127.0.0.1 in a thread: (host, port)."""
-    import uvicorn
-
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(run[0]), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
+    srv, thread, port = serve_in_thread(create_app(run[0]))
     yield "127.0.0.1", port
     srv.should_exit = True
     thread.join(10)
