@@ -4,7 +4,8 @@
 17,101 random unit features (Sketchy zeroshot1's unseen-class photo count); the photos themselves are never
 read by a search. Measured:
   - query latency as the API measures it (decode + embed + rank, top 20): median, p90, over ``--queries``
-    hand-drawn-like PNGs, and the three parts on their own;
+    hand-drawn-like PNGs, the three parts on their own, and the process's CPU time per query (which a
+    busy machine does not inflate the way it inflates wall time);
   - 50 concurrent ``POST /api/search`` on the real server (uvicorn on 127.0.0.1): every answer compared
     with the one-at-a-time answer for the same image, and the wall time.
 
@@ -69,7 +70,8 @@ def ms(seconds: list[float]) -> str:
 
 
 def latency(searcher: SketchSearcher, queries: list[bytes], k: int) -> dict[str, list[float]]:
-    parts: dict[str, list[float]] = {"decode": [], "embed": [], "rank": [], "search (API)": []}
+    parts: dict[str, list[float]] = {"decode": [], "embed": [], "rank": [], "search (API)": [],
+                                     "search CPU": []}
     for data in queries:
         t0 = time.perf_counter()
         img = decode_query(data)
@@ -77,10 +79,10 @@ def latency(searcher: SketchSearcher, queries: list[bytes], k: int) -> dict[str,
         q = searcher.embed(img)
         t2 = time.perf_counter()
         searcher.rank(q, k)
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), time.process_time()
         searcher.search(data, k)
-        t4 = time.perf_counter()
-        for name, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+        t4, c4 = time.perf_counter(), time.process_time()
+        for name, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, c4 - c3)):
             parts[name].append(dt)
     return parts
 
@@ -121,7 +123,10 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=30, help="timed queries (after 3 warm-up queries)")
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--concurrent", type=int, default=50, help="concurrent requests on the real server (0: skip)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"{args.model} at {args.img_size} px (random weights), gallery {args.gallery} x random unit features, "
           f"top {args.k}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -130,6 +135,8 @@ def main() -> None:
     latency(searcher, [sketch_png(10_000 + i) for i in range(3)], args.k)       # warm-up
     for name, seconds in latency(searcher, queries, args.k).items():
         print(f"  {name:13s} {ms(seconds)}")
+    print("  (search CPU: processor time of the whole process per query, all threads together; on a busy machine "
+          "the wall times above include waiting for a core)")
     if args.concurrent:
         concurrent(searcher, args.concurrent, args.k)
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
