@@ -14,7 +14,11 @@ import socket
 from pathlib import Path
 from typing import Optional, Sequence
 
-from utils.errors import UserError, run_cli
+# Idle OpenMP threads sleep instead of spinning. On a shared CPU spinning threads fight the busy processes:
+# bench/bench_app.py measured a query 7x slower with spinning. Read when torch loads, so set before that.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from utils.errors import UserError, run_cli  # noqa: E402
 
 CHECKPOINT_FILE = "model_best.pth.tar"
 

@@ -25,11 +25,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image, ImageDraw
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if "--spin" not in sys.argv:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")      # as search_app.py sets it (before torch loads)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
 from app.gallery import Gallery  # noqa: E402
 from app.images import decode_query  # noqa: E402
@@ -124,11 +126,13 @@ def main() -> None:
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--concurrent", type=int, default=50, help="concurrent requests on the real server (0: skip)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--spin", action="store_true", help="leave OMP_WAIT_POLICY unset (OpenMP threads spin while idle)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"{args.model} at {args.img_size} px (random weights), gallery {args.gallery} x random unit features, "
           f"top {args.k}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     searcher = make_searcher(args.model, args.img_size, args.gallery)
     queries = [sketch_png(i) for i in range(args.queries)]
