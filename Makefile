@@ -9,7 +9,7 @@ APP_RUN  ?= checkpoint/demo
 APP_DATA ?= datasets/Demo
 APP_PORT ?= 7860
 
-.PHONY: demo test clean-demo app app-deps
+.PHONY: demo test clean-demo app app-deps app-run
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,9 +22,11 @@ $(APP_STAMP): requirements-app.txt $(STAMP)
 
 app-deps: $(APP_STAMP)
 
-# Serves 127.0.0.1 only; another run: make app APP_RUN=checkpoint/sketchy/zeroshot1 APP_DATA=datasets
-app: $(APP_STAMP)
+app-run:
 	@test -f $(APP_RUN)/model_best.pth.tar || { echo "no trained model in $(APP_RUN): run \`make demo\` first"; exit 2; }
+
+# Serves 127.0.0.1 only; another run: make app APP_RUN=checkpoint/sketchy/zeroshot1 APP_DATA=datasets
+app: app-run $(APP_STAMP)
 	$(PY) search_app.py --resume_dir $(APP_RUN) --data_root $(APP_DATA) --port $(APP_PORT)
 
 test: $(STAMP)

@@ -342,7 +342,8 @@ def test_fifty_concurrent_requests_are_all_answered_correctly(server):
 
 
 # ------------------------------------------------------------------------------------------ command line
-def test_command_line_defaults_to_loopback_and_explains_bad_starts(run, tmp_path):
+def test_command_line_defaults_to_loopback_and_explains_bad_starts(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))   # undone after the test
     import search_app
     from utils.errors import UserError
 
