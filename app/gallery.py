@@ -25,8 +25,9 @@ from utils.errors import UserError
 from utils.provenance import read_sidecar
 
 CACHE_FORMAT = 1
-# Embeds photos (root, relative paths) -> (features N x D, mask of the photos that could be read).
-EmbedFn = Callable[[Path, Sequence[str]], tuple[np.ndarray, np.ndarray]]
+EMBED_CHUNK = 1024     # photos embedded between two cache writes: an interrupted first start keeps its work
+# Embeds photos (root, relative paths, progress-bar label) -> (features N x D, mask of the readable photos).
+EmbedFn = Callable[[Path, Sequence[str], str], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -109,32 +110,43 @@ class Embedded:
     skipped: list[str]          # photos that could not be read
 
 
+def _file_key(root: Path, rel: str) -> Optional[tuple[str, int, int]]:
+    try:
+        st = (root / rel).stat()
+    except OSError:
+        return None
+    return rel, int(st.st_size), int(st.st_mtime_ns)
+
+
 def embed_with_cache(root: Path, rel_paths: Sequence[str], cache: Path, weights_sha256: str,
                      embed: EmbedFn) -> Embedded:
     """Features of ``root/rel_paths``: cached rows reused, the others embedded; the cache rewritten if changed."""
-    keys = []
-    for rel in rel_paths:
-        st = (root / rel).stat()
-        keys.append((rel, int(st.st_size), int(st.st_mtime_ns)))
+    keys = [_file_key(root, rel) for rel in rel_paths]
     known = _read_cache(cache, weights_sha256)
-    missing = [i for i, key in enumerate(keys) if key not in known]
     rows: dict[int, np.ndarray] = {i: known[key] for i, key in enumerate(keys) if key in known}
-    readable = np.ones(len(keys), dtype=bool)
-    if missing:
-        feats, ok = embed(root, [rel_paths[i] for i in missing])
-        for j, i in enumerate(missing):
+    reused = len(rows)
+    missing = [i for i, key in enumerate(keys) if key is not None and key not in known]
+    readable = np.array([key is not None for key in keys])
+    for start in range(0, len(missing), EMBED_CHUNK):
+        part = missing[start:start + EMBED_CHUNK]
+        feats, ok = embed(root, [rel_paths[i] for i in part],
+                          f"embedding photos {start + 1}-{start + len(part)} of {len(missing)}")
+        for j, i in enumerate(part):
             if ok[j]:
                 rows[i] = feats[j]
             else:
                 readable[i] = False
+        if start + len(part) < len(missing):
+            done = sorted(rows)
+            _write_cache(cache, weights_sha256, [keys[i] for i in done], np.stack([rows[i] for i in done]))
     kept = [i for i in range(len(keys)) if readable[i]]
     if not kept:
         raise UserError(f"none of the {len(keys)} photos under {root} could be read")
     features = np.stack([rows[i] for i in kept]).astype(np.float32)
     kept_keys = [keys[i] for i in kept]
-    if missing or len(known) != len(kept_keys):
+    if missing or reused != len(known):
         _write_cache(cache, weights_sha256, kept_keys, features)
-    return Embedded([rel_paths[i] for i in kept], features, len(keys) - len(missing),
+    return Embedded([rel_paths[i] for i in kept], features, reused,
                     [rel_paths[i] for i in range(len(keys)) if not readable[i]])
 
 
@@ -169,7 +181,7 @@ def zero_gallery(setting_name: str, data_root: Path, resume_dir: Path, weights_s
                            f"{len(rel_paths)} unseen-class photos of {setting_name}, features from {features_file}")
     done = embed_with_cache(paths.root, rel_paths, cache_path(resume_dir, paths.root), weights_sha256, embed)
     if done.skipped:
-        raise UserError(f"photo {paths.root / done.skipped[0]} ({photo_list}) cannot be read")
+        raise UserError(f"photo {paths.root / done.skipped[0]} ({photo_list}) is missing or cannot be read")
     return Gallery("zero", paths.root, done.paths, done.features, labels, class_names,
                    f"{len(done.paths)} unseen-class photos of {setting_name}: {done.reused} from the cache, "
                    f"{len(done.paths) - done.reused} embedded with the checkpoint")

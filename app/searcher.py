@@ -214,10 +214,9 @@ def build_searcher(trained: TrainedStudent, resume_dir: Path, gallery: str = "ze
     student, config, weights, device = trained.student, trained.config, trained.weights_sha256, trained.device
     transform = test_transform(int(config.get("img_size", 224)))
 
-    def embed(root: Path, rel_paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def embed(root: Path, rel_paths: list[str], desc: str) -> tuple[np.ndarray, np.ndarray]:
         feats, index = extract_features(student, gallery_dataset(root, rel_paths, transform), device,
-                                        batch_size=batch_size, workers=workers,
-                                        desc=f"embedding {len(rel_paths)} photos")
+                                        batch_size=batch_size, workers=workers, desc=desc)
         return feats, index >= 0
 
     if gallery == "zero":

@@ -32,6 +32,7 @@ from data.transforms import test_transform as sketch_transform  # noqa: E402
 from retrieval.feature_io import FeatureSet, save_features  # noqa: E402
 from tests.fixtures import make_tree  # noqa: E402
 from tests.helpers_retrieval import make_checkpoint  # noqa: E402
+from utils.errors import UserError  # noqa: E402
 from utils.provenance import write_sidecar  # noqa: E402
 
 SETTING = "sketchy/zeroshot1"
@@ -223,7 +224,7 @@ def test_folder_cache_reuses_and_re_embeds_only_what_changed(tmp_path):
     assert rel == ["a.jpg", "sub/b.png", "sub/deeper/c.webp"]
     calls: list[list[str]] = []
 
-    def embed(root, paths):
+    def embed(root, paths, desc=""):
         calls.append(list(paths))
         feats = np.stack([np.asarray(Image.open(root / p).convert("RGB"), np.float32).mean((0, 1)) for p in paths])
         return feats, np.ones(len(paths), bool)
@@ -250,6 +251,38 @@ def test_folder_cache_reuses_and_re_embeds_only_what_changed(tmp_path):
     with pytest.warns(UserWarning, match="unreadable"):
         embed_with_cache(folder, rel, cache, "w2", embed)
     assert calls[-1] == rel
+
+
+def test_an_interrupted_first_embedding_keeps_its_finished_chunks(tmp_path, monkeypatch):
+    import app.gallery as gallery_module
+
+    monkeypatch.setattr(gallery_module, "EMBED_CHUNK", 2)
+    folder = tmp_path / "photos"
+    for i in range(5):
+        photo(folder / f"p{i}.png", i, "PNG")
+    rel = [f"p{i}.png" for i in range(5)]
+    cache = cache_path(tmp_path / "run", folder)
+    calls: list[list[str]] = []
+
+    def embed(root, paths, desc=""):
+        calls.append(list(paths))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return np.full((len(paths), 4), float(len(calls)), np.float32), np.ones(len(paths), bool)
+
+    with pytest.raises(KeyboardInterrupt):
+        embed_with_cache(folder, rel, cache, "w", embed)
+    resumed = embed_with_cache(folder, rel, cache, "w", embed)
+    assert calls[2:] == [["p2.png", "p3.png"], ["p4.png"]] and resumed.reused == 2
+    assert resumed.features[:, 0].tolist() == [1, 1, 3, 3, 4]
+
+
+def test_a_missing_zero_photo_is_named(trained, tmp_path):
+    make_tree(tmp_path / "datasets", layout="sketchy", sketches=2, photos=2)
+    photo_dir = tmp_path / "datasets" / "Sketchy" / "256x256" / "photo" / "tx_000000000000_ready"
+    (photo_dir / "unseen class 1" / "1.jpg").unlink()
+    with pytest.raises(UserError, match=r"unseen class 1/1.jpg .*all_photo_filelist_zero.txt.* is missing"):
+        build_searcher(trained, tmp_path / "run", "zero", tmp_path / "datasets")
 
 
 def test_folder_gallery_end_to_end_skips_unreadable_photos(run, trained, tmp_path):
@@ -345,7 +378,6 @@ def test_fifty_concurrent_requests_are_all_answered_correctly(server):
 def test_command_line_defaults_to_loopback_and_explains_bad_starts(run, tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))   # undone after the test
     import search_app
-    from utils.errors import UserError
 
     assert search_app.build_parser().parse_args(["--resume_dir", "r"]).host == "127.0.0.1"
     with pytest.raises(UserError, match="checkpoint .* does not exist"):
