@@ -66,6 +66,7 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("browser")
     generate_demo_dataset(tmp / "data", sketches_per_class=2, photos_per_class=1, zero_per_class=6, size=128)
     make_checkpoint(tmp / "run", "sketchy/zeroshot1", n_seen=8)
+    (tmp / "run" / "results.json").write_text(json.dumps({"one_to_many": {"alpha": 0.8, "selected": {"M": 2, "K": 3}}}))
     port = free_port()
     log = open(tmp / "server.log", "w")
     proc = subprocess.Popen([sys.executable, str(ROOT / "search_app.py"), "--resume_dir", str(tmp / "run"),
@@ -109,8 +110,9 @@ def browser(server):
     driver.quit()
 
 
-def api_search(base: str, data: bytes, k: int, content_type: str = "image/png") -> list[int]:
-    request = urllib.request.Request(f"{base}/api/search?k={k}", data=data, headers={"Content-Type": content_type})
+def api_search(base: str, data: bytes, k: int, extra: str = "") -> list[int]:
+    request = urllib.request.Request(f"{base}/api/search?k={k}{extra}", data=data,
+                                     headers={"Content-Type": "image/png"})
     with urllib.request.urlopen(request, timeout=30) as resp:
         return [r["index"] for r in json.loads(resp.read())["results"]]
 
@@ -218,3 +220,12 @@ def test_upload_a_sketch_file(server, browser, tmp_path):
     shown = grid(browser)
     assert len(shown) == K + 2
     assert shown == api_search(server, path.read_bytes(), K + 2)
+    # the one-to-many switch (enabled once the codewords are fitted) searches again with cluster matching
+    switch = browser.find_element(By.ID, "otm")
+    WebDriverWait(browser, 30).until(lambda d: switch.is_enabled())
+    before = browser.execute_script("return window.sketchSearch.seq")
+    switch.click()
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script("return window.sketchSearch.seq") > before)
+    state = wait_for_answer(browser, "upload")
+    assert state["response"]["one_to_many"] is True and "one-to-many" in state["status"]
+    assert grid(browser) == api_search(server, path.read_bytes(), K + 2, "&one_to_many=1")
