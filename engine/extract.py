@@ -37,13 +37,15 @@ def iter_embeddings(student: SBKAStudent, dataset: Dataset, device: torch.device
     """
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
-    autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if amp and device.type == "cuda"
-                else nullcontext())
     student.eval()
-    with torch.inference_mode(), autocast:
-        for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
+    for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
+        # contexts per batch: a suspended generator must not leave inference mode or autocast on in the caller
+        autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if amp and device.type == "cuda"
+                    else nullcontext())
+        with torch.inference_mode(), autocast:
             x = to_model_input(images, device, memory_format, on_device_normalize)
-            yield student.embed(x).float().cpu().numpy(), targets.numpy()
+            features = student.embed(x).float().cpu().numpy()
+        yield features, targets.numpy()
 
 
 def extract_features(student: SBKAStudent, dataset: Dataset, device: torch.device, batch_size: int = 80,
