@@ -54,8 +54,9 @@ def _fmt(value: Any) -> str:
 
 
 class Section:
-    def __init__(self, name: str, title: str):
+    def __init__(self, name: str, title: str, on_row=None):
         self.name, self.title = name, title
+        self.on_row = on_row
         self.status = "running"
         self.rows: list[dict[str, Any]] = []
         self.notes: list[str] = []
@@ -65,6 +66,8 @@ class Section:
 
     def row(self, **fields: Any) -> dict[str, Any]:
         self.rows.append(fields)
+        if self.on_row is not None:
+            self.on_row()                  # a row is on disk as soon as it is measured
         return fields
 
     def note(self, text: str) -> None:
@@ -87,7 +90,7 @@ class Report:
 
     @contextmanager
     def section(self, name: str, title: str) -> Iterator[Section]:
-        sec = Section(name, title)
+        sec = Section(name, title, on_row=self.write)
         self.sections[name] = sec
         start = time.perf_counter()
         self.write()
