@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -142,6 +143,17 @@ def rel_diff(a: float, b: float) -> float:
     return abs(a - b) / max(abs(a), 1e-12)
 
 
+@contextmanager
+def one_thread():
+    """Per-image work as a DataLoader worker does it: torch on one thread (workers get 1 intra-op thread)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 # ----------------------------------------------------------------------------------------------- data
 def repeat_list(path: Path, n: int) -> int:
     """Rewrite a list file with its lines cycled to ``n`` lines (same images, real list length)."""
@@ -180,7 +192,8 @@ def real_images(data_root: Path, plan: Plan) -> torch.Tensor:
     out = []
     for role, n in (("sketch_train", plan.n_sketch), ("photo_train", plan.n_photo)):
         ds = ListDataset.from_list(paths.root, paths.list_file(role), transform=tf)
-        out += [ds[i % len(ds)][0] for i in range(n)]
+        with one_thread():
+            out += [ds[i % len(ds)][0] for i in range(n)]
     return torch.stack(out)
 
 
@@ -430,9 +443,10 @@ def section_loader(sec: Section, args, plan: Plan, device, budget: Budget, ctx: 
         for role in ("sketch_train", "photo_train"):
             ds = ListDataset.from_list(paths.root, paths.list_file(role), transform=tf)
             n, t0 = 0, time.perf_counter()
-            while n < 4 or time.perf_counter() - t0 < budget.cap(plan.per_core_s, reserve=200):
-                ds[n % len(ds)]
-                n += 1
+            with one_thread():
+                while n < 4 or time.perf_counter() - t0 < budget.cap(plan.per_core_s, reserve=200):
+                    ds[n % len(ds)]
+                    n += 1
             sec.row(pipeline=f"one core, {role.split('_')[0].replace('sketch', 'sketche')}s, {'float32 normalised' if normalize else 'uint8'}",
                     workers=0, img_s=n / (time.perf_counter() - t0), images=n)
     workers = min(8, os.cpu_count() or 1)           # the trainer's default per loader (two loaders)
