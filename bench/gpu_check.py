@@ -632,12 +632,11 @@ def section_extraction(sec: Section, args, plan: Plan, device, budget: Budget, c
         student.to(memory_format=fmt)
         reset_peak(device)
         limit = budget.cap(plan.extract_s, reserve=100)
-        done = total = 0
+        done, total = 0, plan.lists["photo_zero"] + plan.lists["sketch_zero"]
         t0 = time.perf_counter()
         for role in ("photo_zero", "sketch_zero"):           # gallery then queries, as the test script does
             ds = ListDataset.from_list(paths.root, paths.list_file(role), n_unseen,
                                        test_transform(plan.img_size, not c["dev_norm"]), paths.zero_class_file)
-            total += len(ds)
             gen = iter_embeddings(student, ds, device, c["batch"], c["workers"], c["amp"], desc=role,
                                   on_device_normalize=c["dev_norm"], memory_format=fmt)
             for feats, _ in gen:
