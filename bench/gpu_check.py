@@ -451,6 +451,21 @@ def section_loader(sec: Section, args, plan: Plan, device, budget: Budget, ctx: 
                     workers=0, img_s=n / (time.perf_counter() - t0), images=n)
     workers = min(8, os.cpu_count() or 1)           # the trainer's default per loader (two loaders)
     n_sk, n_ph = plan.n_sketch, plan.n_photo
+    # the trainer's main process alone: Trainer.batches concatenates and shuffles every batch on the CPU
+    # (serial with the step, which synchronises on its finiteness check), then copies it to the device
+    for dtype in (torch.float32, torch.uint8):
+        shape = (3, plan.img_size, plan.img_size)
+        sk = (torch.zeros(n_sk, *shape, dtype=dtype), torch.zeros(n_sk, dtype=torch.long))
+        ph = (torch.zeros(n_ph, *shape, dtype=dtype), torch.zeros(n_ph, dtype=torch.long))
+        holder = SimpleNamespace(sketch_loader=[sk] * 10, photo_loader=[ph] * 10)
+        t0 = time.perf_counter()
+        n = 0
+        for x, _, _ in Trainer.batches(holder):
+            to_model_input(x, device, torch.channels_last, dtype == torch.uint8)
+            sync(device)
+            n += len(x)
+        sec.row(pipeline=f"main process only: Trainer.batches + copy to {device.type}, {str(dtype)[6:]} "
+                         "(a ceiling)", workers=0, img_s=n / (time.perf_counter() - t0), images=n)
     memory_format = torch.channels_last
     rates = {}
     for normalize in (True, False):
