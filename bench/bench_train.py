@@ -6,7 +6,8 @@ Measures the model compute of one optimisation step as the trainer runs it (no d
     python bench/bench_train.py --device cuda --batch_size 210 --amp --channels_last
 
 and on a CPU for a quick check: ``python bench/bench_train.py --device cpu --model convnextv2_atto
---batch_size 12 --img_size 64 --steps 3``. Prints images/s per phase.
+--batch_size 12 --img_size 64 --steps 3``. Prints images/s per phase. The step builder and the timed loop
+are shared with ``bench/gpu_check.py``.
 """
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import argparse
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -24,43 +27,108 @@ from engine.train import sbka_losses  # noqa: E402
 from models import build_student, build_teacher  # noqa: E402
 
 
+@dataclass
+class Batch:
+    """One training batch on the device: images, seen labels, photo flags, cid_mask rows."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    is_photo: torch.Tensor
+    mask: Optional[torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def synthetic_batch(n_sketch: int, n_photo: int, img_size: int, n_seen: int, device: torch.device,
+                    seed: int = 0, images: Optional[torch.Tensor] = None) -> Batch:
+    """A batch of ``n_sketch`` sketches and ``n_photo`` photos (random images unless ``images`` is given),
+    shuffled as the trainer shuffles them; labels and cid_mask rows are random, seeded."""
+    g = torch.Generator().manual_seed(seed)
+    b = n_sketch + n_photo
+    x = images if images is not None else torch.randn(b, 3, img_size, img_size, generator=g)
+    is_photo = torch.cat([torch.zeros(n_sketch), torch.ones(n_photo)])
+    perm = torch.randperm(b, generator=g)
+    y = torch.randint(0, n_seen, (b,), generator=g)
+    mask = torch.rand(n_seen, 1000, generator=g, dtype=torch.float32)[y]
+    return Batch(x[perm].to(device), y.to(device), is_photo[perm].to(device), mask.to(device))
+
+
+class TrainStep:
+    """Student, teacher and both Adam optimisers of the trainer; ``step(bidirectional)`` is one optimisation
+    step exactly as ``Trainer.train_one_epoch`` does it (losses, one backward, student step, teacher step)."""
+
+    def __init__(self, model: str, n_seen: int, device: torch.device, amp: bool = False,
+                 channels_last: bool = False, compile_backend: Optional[str] = None,
+                 pretrained: Optional[str] = None, seed: int = 0):
+        self.device = device
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        torch.manual_seed(seed)
+        self.student = build_student(model, n_seen, pretrained).to(device, memory_format=self.memory_format).train()
+        self.teacher = build_teacher(model, pretrained).to(device, memory_format=self.memory_format).eval()
+        self.opt_s = torch.optim.Adam(self.student.parameters(), lr=1e-4, weight_decay=5e-4)
+        self.opt_t = torch.optim.Adam(self.teacher.head_parameters(), lr=1e-4, weight_decay=5e-4)
+        self.amp = amp
+        self.run_student: Callable = self.student
+        self.run_teacher: Callable = self.teacher
+        if compile_backend:
+            self.run_student = torch.compile(self.student, backend=compile_backend)
+            self.run_teacher = torch.compile(self.teacher, backend=compile_backend)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
+
+    def losses(self, batch: Batch, bidirectional: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x = batch.x.contiguous(memory_format=self.memory_format)
+        return sbka_losses(self.run_student, self.run_teacher, x, batch.y, batch.is_photo, batch.mask,
+                           bidirectional, False, self.autocast())
+
+    def step(self, batch: Batch, bidirectional: bool = True) -> dict[str, torch.Tensor]:
+        total, terms = self.losses(batch, bidirectional)
+        self.opt_s.zero_grad(set_to_none=True)
+        self.opt_t.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt_s.step()
+        if bidirectional:
+            self.opt_t.step()
+        return terms
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(run: Callable[[], object], device: torch.device, warmup: int, min_steps: int,
+               budget_s: float, max_steps: Optional[int] = None) -> dict[str, float]:
+    """Run ``warmup`` untimed calls, then timed calls until ``budget_s`` is spent (at least ``min_steps``,
+    at most ``max_steps``): steps, seconds, ms per step, warm-up seconds."""
+    start = time.perf_counter()
+    for _ in range(warmup):
+        run()
+    sync(device)
+    t0 = time.perf_counter()
+    steps = 0
+    while steps < min_steps or (time.perf_counter() - t0 < budget_s and (max_steps is None or steps < max_steps)):
+        run()
+        steps += 1
+        if steps >= min_steps and steps % 5 == 0:
+            sync(device)                  # keep the deadline honest on an asynchronous device
+    sync(device)
+    seconds = time.perf_counter() - t0
+    return {"steps": steps, "seconds": seconds, "ms_per_step": 1000.0 * seconds / steps, "warmup_s": t0 - start}
+
+
 def bench(args: argparse.Namespace) -> dict[str, float]:
     device = torch.device(args.device)
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    student = build_student(args.model, args.n_seen).to(device, memory_format=fmt).train()
-    teacher = build_teacher(args.model).to(device, memory_format=fmt).eval()
-    opt_s = torch.optim.Adam(student.parameters(), lr=1e-4, weight_decay=5e-4)
-    opt_t = torch.optim.Adam(teacher.head_parameters(), lr=1e-4, weight_decay=5e-4)
-    b = args.batch_size
-    x = torch.randn(b, 3, args.img_size, args.img_size, device=device).contiguous(memory_format=fmt)
-    y = torch.randint(0, args.n_seen, (b,), device=device)
-    is_photo = (torch.arange(b, device=device) % 3 != 0).float()
-    mask = torch.rand(b, 1000, device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.amp else nullcontext()
-
-    def step(bidirectional: bool) -> None:
-        total, _ = sbka_losses(student, teacher, x, y, is_photo, mask, bidirectional, False, autocast)
-        opt_s.zero_grad(set_to_none=True)
-        opt_t.zero_grad(set_to_none=True)
-        total.backward()
-        opt_s.step()
-        if bidirectional:
-            opt_t.step()
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
+    ts = TrainStep(args.model, args.n_seen, device, args.amp, args.channels_last)
+    n_sketch = args.batch_size // 3
+    batch = synthetic_batch(n_sketch, args.batch_size - n_sketch, args.img_size, args.n_seen, device)
     out = {}
     for phase, bidirectional in (("warm-up", False), ("bidirectional", True)):
-        for _ in range(args.warmup_steps):
-            step(bidirectional)
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            step(bidirectional)
-        sync()
-        out[phase] = args.steps * b / (time.perf_counter() - t0)
+        timing = time_steps(lambda: ts.step(batch, bidirectional), device, args.warmup_steps, args.steps, 0.0,
+                            args.steps)
+        out[phase] = timing["steps"] * len(batch) / timing["seconds"]
     if device.type == "cuda":
         out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return out

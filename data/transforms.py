@@ -97,12 +97,35 @@ class RandomAffineXY:
                f"translate_px={self.translate_px})"
 
 
-def train_transform(img_size: int = 224) -> T.Compose:
-    return T.Compose([RandomAffineXY(), T.Resize((img_size, img_size)), T.ToTensor(),
-                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+def _to_tensor(normalize: bool) -> list:
+    """ToTensor + Normalize (float32, normalised on the CPU), or uint8 CHW for ``normalize_on_device``."""
+    return [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)] if normalize else [T.PILToTensor()]
 
 
-def test_transform(img_size: int = 224) -> T.Compose:
-    return T.Compose([T.Resize((img_size, img_size)), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+def train_transform(img_size: int = 224, normalize: bool = True) -> T.Compose:
+    """The released augmentation; ``normalize=False`` stops at uint8 (the same draws, a quarter of the bytes)."""
+    return T.Compose([RandomAffineXY(), T.Resize((img_size, img_size)), *_to_tensor(normalize)])
 
 
+def test_transform(img_size: int = 224, normalize: bool = True) -> T.Compose:
+    return T.Compose([T.Resize((img_size, img_size)), *_to_tensor(normalize)])
+
+
+def normalize_on_device(x: torch.Tensor) -> torch.Tensor:
+    """uint8 batch (N x 3 x H x W) from a ``normalize=False`` transform -> what ToTensor + Normalize give.
+
+    The same operations in the same order (``/255``, ``-mean``, ``/std`` in float32), so the values are
+    bit-identical to the CPU pipeline's; run on the GPU, it moves the conversion off the loader workers.
+    """
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    return x.to(torch.float32).div_(255).sub_(mean).div_(std)
+
+
+def to_model_input(x: torch.Tensor, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format,
+                   on_device_normalize: bool = False) -> torch.Tensor:
+    """A loader batch on ``device`` in ``memory_format``, normalised there when the loader sent uint8."""
+    x = x.to(device, non_blocking=True)
+    if on_device_normalize:
+        x = normalize_on_device(x)
+    return x.contiguous(memory_format=memory_format)

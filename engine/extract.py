@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from data.registry import Setting
+from data.transforms import to_model_input
 from models import SBKAStudent, load_student_checkpoint, student_from_checkpoint
 from utils.errors import UserError
 
@@ -28,17 +29,32 @@ def load_student_for(setting: Setting, checkpoint: Path, device: torch.device,
     return student, config
 
 
-def extract_features(student: SBKAStudent, dataset: Dataset, device: torch.device, batch_size: int = 80,
-                     workers: int = 0, amp: bool = False, desc: str = "features") -> tuple[np.ndarray, np.ndarray]:
-    """Embed every image of ``dataset`` in order: (float32 features N x D, int64 labels N)."""
+def iter_embeddings(student: SBKAStudent, dataset: Dataset, device: torch.device, batch_size: int = 80,
+                    workers: int = 0, amp: bool = False, desc: str = "features", on_device_normalize: bool = False,
+                    memory_format: torch.memory_format = torch.contiguous_format
+                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Embed ``dataset`` in order, one batch at a time: (float32 features b x D, labels b).
+
+    ``on_device_normalize``: the dataset's transform stops at uint8 (``normalize=False``) and the
+    normalisation runs on ``device``. Closing the generator early stops the loader's workers.
+    """
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
-    autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if amp and device.type == "cuda"
-                else nullcontext())
-    features, labels = [], []
     student.eval()
-    with torch.inference_mode(), autocast:
-        for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
-            features.append(student.embed(images.to(device, non_blocking=True)).float().cpu().numpy())
-            labels.append(targets.numpy())
-    return np.concatenate(features).astype(np.float32), np.concatenate(labels).astype(np.int64)
+    for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
+        # contexts per batch: a suspended generator must not leave inference mode or autocast on in the caller
+        autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if amp and device.type == "cuda"
+                    else nullcontext())
+        with torch.inference_mode(), autocast:
+            x = to_model_input(images, device, memory_format, on_device_normalize)
+            features = student.embed(x).float().cpu().numpy()
+        yield features, targets.numpy()
+
+
+def extract_features(student: SBKAStudent, dataset: Dataset, device: torch.device, batch_size: int = 80,
+                     workers: int = 0, amp: bool = False, desc: str = "features", **options: Any
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Embed every image of ``dataset`` in order: (float32 features N x D, int64 labels N)."""
+    batches = list(iter_embeddings(student, dataset, device, batch_size, workers, amp, desc, **options))
+    return (np.concatenate([f for f, _ in batches]).astype(np.float32),
+            np.concatenate([y for _, y in batches]).astype(np.int64))

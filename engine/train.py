@@ -29,7 +29,7 @@ from data.cid_mask import load_cid_mask
 from data.dataset import VAL_FRACTION, ListDataset, holdout_indices
 from data.lists import read_class_file
 from data.registry import SETTINGS, Setting, SettingPaths, get_setting, resolve_paths
-from data.transforms import test_transform, train_transform
+from data.transforms import test_transform, to_model_input, train_transform
 from losses import gaussian_prior_kl, semantic_soft_cross_entropy
 from models import SBKAStudent, SBKATeacher, build_student, build_teacher
 from models.sbka import CLASSIFIER_INIT_STD, DEFAULT_MODEL, warn_random_weights
@@ -97,6 +97,8 @@ def build_parser(setting: Setting, dataset: str) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     p.add_argument("--channels_last", action="store_true", help="channels-last memory format")
+    p.add_argument("--gpu_normalize", action="store_true",
+                   help="loaders send uint8; ToTensor/Normalize run on the device (same values, same draws)")
     p.add_argument("--resume", action="store_true", help=f"continue from <savedir>/{CHECKPOINT}")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling, augmentation, prior noise")
     p.add_argument("--max_steps_per_epoch", type=int, default=None, help="cap steps per epoch (smoke runs)")
@@ -154,7 +156,7 @@ class TrainData:
 
 
 def build_data(setting: Setting, paths: SettingPaths, img_size: int, val_fraction: float,
-               augment: str = "released", val_list: bool = False) -> TrainData:
+               augment: str = "released", val_list: bool = False, normalize: bool = True) -> TrainData:
     """Training sketches/photos and the validation sketches of one setting.
 
     Validation: the split's sketch_test-role list when the setting uses it by default (Sketchy, TU-Berlin)
@@ -165,7 +167,7 @@ def build_data(setting: Setting, paths: SettingPaths, img_size: int, val_fractio
     names = read_class_file(paths.class_file)
     n_seen = len(names)
     cls_file = paths.class_file
-    tf = train_transform(img_size) if augment == "released" else test_transform(img_size)
+    tf = train_transform(img_size, normalize) if augment == "released" else test_transform(img_size, normalize)
     sketches = ListDataset.from_list(paths.root, paths.list_file("sketch_train"), n_seen, tf, cls_file)
     photos = ListDataset.from_list(paths.root, paths.list_file("photo_train"), n_seen, tf, cls_file)
     test_list = paths.list_file("sketch_test")
@@ -174,12 +176,12 @@ def build_data(setting: Setting, paths: SettingPaths, img_size: int, val_fractio
         raise UserError(f"--val_list: {paths.split} has no sketch_test-role list (looked for {names_tried}); "
                         "drop --val_list, or use --val_fraction 0.05 for a hold-out of the training sketches")
     if test_list is not None and (setting.val_list_by_default or val_list):
-        val = ListDataset.from_list(paths.root, test_list, n_seen, test_transform(img_size), cls_file)
+        val = ListDataset.from_list(paths.root, test_list, n_seen, test_transform(img_size, normalize), cls_file)
         source = f"{test_list.name} ({len(val)} seen-class sketches)"
     elif val_fraction > 0:
         keep, held = holdout_indices(sketches.labels, val_fraction)
         val = sketches.subset(held)
-        val.transform = test_transform(img_size)
+        val.transform = test_transform(img_size, normalize)
         sketches = sketches.subset(keep)
         why = "the split has no *_test list" if setting.val_list_by_default else "--val_fraction"
         source = f"per-class hold-out of {val_fraction:.0%} of the training sketches ({len(val)} sketches; {why})"
@@ -295,7 +297,7 @@ class Trainer:
         self.is_main = info.is_main
         paths = resolve_paths(setting, args.data_root)
         self.data = build_data(setting, paths, args.img_size, args.val_fraction, args.augment,
-                               getattr(args, "val_list", False))
+                               getattr(args, "val_list", False), normalize=not args.gpu_normalize)
         self.cid_mask = (load_cid_mask(paths.cid_mask_file, self.data.n_seen).to(device)
                          if setting.use_cid_mask else None)
 
@@ -442,7 +444,7 @@ class Trainer:
             if done >= n_steps:
                 break
             step = done
-            x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            x = to_model_input(x, self.device, self.memory_format, self.args.gpu_normalize)
             y = y.to(self.device, non_blocking=True)
             is_photo = is_photo.to(self.device, non_blocking=True)
             mask = self.cid_mask[y] if self.cid_mask is not None else None
@@ -490,7 +492,7 @@ class Trainer:
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.use_amp else nullcontext())
         for x, y in tqdm(self.val_loader, desc="validate", disable=not self.is_main, leave=False,
                          dynamic_ncols=True, file=sys.stdout):
-            x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            x = to_model_input(x, self.device, self.memory_format, self.args.gpu_normalize)
             y = y.to(self.device, non_blocking=True)
             with autocast:
                 seen_logits = self.student_module(x)[0]
