@@ -113,7 +113,7 @@ def check_lists(setting: Setting, paths: SettingPaths, lists_cell: Cell, counts_
         if len(names) != expected:
             counts_cell.add(WARNING, f"{f.name} lists {len(names)} {what} classes, the paper's {setting.name} "
                                      f"{expected}")
-    if setting.has_val_list and "sketch_test" not in paths.lists:
+    if "sketch_test" in PUBLIC_LIST_SIZES.get(setting.name, {}) and "sketch_test" not in paths.lists:
         lists_cell.add(WARNING, f"no validation list ({used['sketch_test']}) in {paths.split}: training "
                                 "validates on a hold-out of the training sketches")
     parsed: dict[str, ListInfo] = {}
