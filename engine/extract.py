@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from data.registry import Setting
 from models import SBKAStudent, load_student_checkpoint
 from utils.errors import UserError
+from utils.progress import progress
 
 
 def load_student_for(setting: Setting, checkpoint: Path, device: torch.device) -> tuple[SBKAStudent, dict[str, Any]]:
@@ -35,7 +35,7 @@ def extract_features(student: SBKAStudent, dataset: Dataset, device: torch.devic
     features, labels = [], []
     student.eval()
     with torch.inference_mode(), autocast:
-        for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
+        for images, targets in progress(loader, desc=desc, unit="batch", leave=False):
             features.append(student.embed(images.to(device, non_blocking=True)).float().cpu().numpy())
             labels.append(targets.numpy())
     return np.concatenate(features).astype(np.float32), np.concatenate(labels).astype(np.int64)
