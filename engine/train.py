@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import shlex
 import shutil
 import sys
 import time
@@ -23,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
-from tqdm import tqdm
 
 from data.cid_mask import load_cid_mask
 from data.dataset import VAL_FRACTION, ListDataset, holdout_indices
@@ -34,8 +34,11 @@ from losses import gaussian_prior_kl, semantic_soft_cross_entropy
 from models import SBKAStudent, SBKATeacher, build_student, build_teacher
 from models.sbka import CLASSIFIER_INIT_STD, DEFAULT_MODEL, warn_random_weights
 from utils.checkpoint import atomic_save, atomic_write, load_checkpoint
+from utils.cli import ArgumentParser, explicit_flags
 from utils.distributed import DistInfo, all_reduce_sum, average_gradients, barrier, cleanup, init_distributed
 from utils.errors import UserError
+from utils.progress import progress
+from utils.provenance import list_fingerprint, new_run_id, project_version, state_dict_sha256
 
 DEFAULT_PRETRAINED = "pretrained_model/convnextv2_tiny_1k_224_ema.pt"
 PRIOR_WEIGHT = 0.1
@@ -43,6 +46,24 @@ LR_DECAY = 0.001           # lr(e) = base * LR_DECAY ** (e / epochs)
 CHECKPOINT = "checkpoint.pth.tar"
 BEST = "model_best.pth.tar"
 LOG = "log.jsonl"
+FIGURE = "training_curves.png"
+# What a run (and testing it) writes into its folder: an earlier run's files, replaced by --overwrite.
+RUN_FILES = (CHECKPOINT, BEST, LOG, FIGURE, "features_zero.pickle", "features_zero.json", "results.json",
+             "results.md", "pr_curve.png", "retrieval_examples.png")
+RUN_FILE_PATTERNS = ("features_seen_val_*.pickle", "features_seen_val_*.json")
+TRAINING_LIST_ROLES = ("sketch_train", "photo_train", "sketch_test")   # the lists a run reads (fingerprinted)
+# Flags a --resume takes from this command, never from the run: where and how it executes.
+MACHINE_FLAGS = ("workers", "device", "no_figures", "debug", "resume", "overwrite", "savedir")
+# Flags restored from the run unless given; they may change (the data are checked by list fingerprints).
+MOVABLE_FLAGS = ("data_root", "amp", "channels_last")
+# The CPU estimate (cpu_estimate): ConvNeXt-V2 GFLOPs at 224 px (paper, table 13), and what one training image
+# of convnextv2_tiny at 224 px costs on a CPU with 2 threads (measured with bench/bench_train.py: CPU seconds
+# per image over 2 threads, and the peak-RSS slope over the batch).
+CPU_GFLOPS = {"convnextv2_atto": 0.55, "convnextv2_femto": 0.78, "convnextv2_pico": 1.37, "convnextv2_nano": 2.45,
+              "convnextv2_tiny": 4.47, "convnextv2_base": 15.4, "convnextv2_large": 34.4, "convnextv2_huge": 115.0}
+CPU_S_PER_IMAGE = 1.0
+CPU_GB_PER_IMAGE = 0.15
+CPU_BASE_GB = 2.0
 
 
 # ----------------------------------------------------------------------------------------------- arguments
@@ -58,7 +79,7 @@ def choose_setting(dataset: str, argv: Sequence[str]) -> Setting:
     versions = settings_of(dataset)
     if len(versions) == 1:
         return next(iter(versions.values()))
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = ArgumentParser(add_help=False)
     pre.add_argument("--zero_version", default=next(iter(versions)))
     known, _ = pre.parse_known_args(argv)
     if known.zero_version not in versions:
@@ -66,10 +87,60 @@ def choose_setting(dataset: str, argv: Sequence[str]) -> Setting:
     return versions[known.zero_version]
 
 
-def build_parser(setting: Setting, dataset: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=f"Train SBKA on {setting.name}. With no flags this is the released code's run.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def smoke_preset(setting: Setting) -> dict[str, Any]:
+    """``--smoke``: the real pipeline at toy size (minutes on a CPU); flags given explicitly win."""
+    d = setting.sketch_divisor
+    return {"model": "convnextv2_atto", "pretrained": "none", "img_size": 64,
+            "batch_size": d * math.ceil(12 / d),   # Sketchy 12 = 4 + 8; TU-Berlin, QuickDraw 20 = 2 + 18
+            "epochs": 2, "warmup_epochs": 1, "max_steps_per_epoch": 10,
+            "savedir": f"checkpoint/smoke/{setting.name}"}
+
+
+def batch_rule(setting: Setting) -> str:
+    d = setting.sketch_divisor
+    return f"{setting.dataset_dir} takes B//{d} sketches and {d - 1}*(B//{d}) photos"
+
+
+def batch_message(setting: Setting, batch_size: int) -> str:
+    """``batch 20 -> 6 sketches + 12 photos; 2 images unused: Sketchy takes B//3 sketches and 2*(B//3) photos``."""
+    n_sk, n_ph = setting.split_batch(batch_size)
+    unused = batch_size - n_sk - n_ph
+    rest = f"; {unused} image{'s' if unused > 1 else ''} unused" if unused else ""
+    return f"batch {batch_size} -> {n_sk} sketches + {n_ph} photos{rest}: {batch_rule(setting)}"
+
+
+def cpu_estimate(model: str, img_size: int, batch_size: int, steps: int, epochs: int, n_val: int,
+                 threads: int) -> str:
+    """A rough time and memory estimate of a CPU run (a ``warning:`` line when it is long or large).
+
+    Time: images (steps x batch x epochs, plus validation at a third of a training image) x a declared
+    per-image cost, measured for convnextv2_tiny at 224 px with 2 threads (bench/bench_train.py) and scaled by the
+    model's GFLOPs, the input area and the thread count. Memory: a declared per-image activation footprint
+    (the same measurement's peak RSS slope over the batch) x batch x area, plus a fixed part.
+    """
+    area = (img_size / 224) ** 2
+    flops = CPU_GFLOPS.get(model.split(".")[0], CPU_GFLOPS[DEFAULT_MODEL]) / CPU_GFLOPS[DEFAULT_MODEL]
+    per_image = CPU_S_PER_IMAGE * flops * area * 2 / max(1, threads)
+    seconds = per_image * (steps * batch_size + n_val / 3) * epochs
+    memory_gb = CPU_BASE_GB * max(flops, 0.25) + CPU_GB_PER_IMAGE * flops * area * batch_size
+    try:
+        ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (ValueError, OSError, AttributeError):
+        ram_gb = float("inf")
+    hours = seconds / 3600
+    took = f"{hours:.1f} h" if hours >= 1 else f"{seconds / 60:.0f} min"
+    text = (f"on CPU: {steps} steps x batch {batch_size} x {epochs} epoch(s) at ~{per_image:.2g} s/image "
+            f"-> about {took}, about {memory_gb:.1f} GB of memory (rough: a per-image cost measured for "
+            f"{DEFAULT_MODEL} at 224 px on 2 threads, scaled by GFLOPs, input area and threads)")
+    if hours > 0.5 or memory_gb > 0.8 * ram_gb:
+        ram = f"; this machine has {ram_gb:.0f} GB" if ram_gb != float("inf") else ""
+        return (f"warning: this is a long or large run {text}{ram}; use a GPU, or try --smoke first "
+                f"(Ctrl-C stops it and prints how to resume)")
+    return f"estimate {text}"
+
+
+def build_parser(setting: Setting, dataset: str) -> ArgumentParser:
+    p = ArgumentParser(description=f"Train SBKA on {setting.name}. With no flags this is the released code's run.")
     versions = settings_of(dataset)
     if len(versions) > 1:
         p.add_argument("--zero_version", choices=list(versions), default=setting.split_dir,
@@ -80,10 +151,12 @@ def build_parser(setting: Setting, dataset: str) -> argparse.ArgumentParser:
     p.add_argument("--savedir", default=setting.checkpoint_dir, help="run directory (checkpoints, log)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="timm model name")
     p.add_argument("--img_size", type=int, default=224, help="input size")
-    p.add_argument("--epochs", type=int, default=setting.epochs)
+    p.add_argument("--epochs", type=int, default=setting.epochs, help="training epochs, warm-up included")
     p.add_argument("--warmup_epochs", type=int, default=setting.warmup_epochs,
                    help="epochs 0..N-1 train the student only")
-    p.add_argument("--batch_size", type=int, default=setting.batch_size, help="global batch (sketches + photos)")
+    p.add_argument("--batch_size", type=int, default=setting.batch_size,
+                   help=f"global batch B of sketches + photos: {batch_rule(setting)}, so B is at least "
+                        f"{setting.sketch_divisor}")
     p.add_argument("--lr", type=float, default=setting.lr, help="student learning rate")
     p.add_argument("--teacher_lr", type=float, default=None,
                    help=f"teacher-head learning rate (default: lr x {setting.teacher_lr_scale})")
@@ -97,7 +170,16 @@ def build_parser(setting: Setting, dataset: str) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     p.add_argument("--channels_last", action="store_true", help="channels-last memory format")
-    p.add_argument("--resume", action="store_true", help=f"continue from <savedir>/{CHECKPOINT}")
+    p.add_argument("--resume", action="store_true",
+                   help=f"continue the run in <savedir>/{CHECKPOINT} with the flags it was started with; only "
+                        f"{', '.join('--' + f for f in MACHINE_FLAGS[:4] + MOVABLE_FLAGS)} may be given anew")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a --savedir that holds another run; that run's files are removed once "
+                        "this run has written its first checkpoint")
+    smoke = smoke_preset(setting)
+    p.add_argument("--smoke", action="store_true",
+                   help="a few minutes on a CPU: " + ", ".join(f"--{k} {v}" for k, v in smoke.items())
+                        + " (random weights: it checks the machinery, not the method; flags given win)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling, augmentation, prior noise")
     p.add_argument("--max_steps_per_epoch", type=int, default=None, help="cap steps per epoch (smoke runs)")
     p.add_argument("--classifier_init_std", type=float, default=CLASSIFIER_INIT_STD,
@@ -107,7 +189,7 @@ def build_parser(setting: Setting, dataset: str) -> argparse.ArgumentParser:
                    help="per-class hold-out of training sketches when the split has no *_test list")
     p.add_argument("--detach_reverse_target", action="store_true",
                    help="variant: the reverse loss L_kd(t<-s) does not push the student")
-    p.add_argument("--no_figures", action="store_true", help="do not write training_curves.png")
+    p.add_argument("--no_figures", action="store_true", help=f"do not write {FIGURE}")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p
 
@@ -127,6 +209,92 @@ def check_args(args: argparse.Namespace) -> None:
     for flag in ("lr", "weight_decay"):
         if not math.isfinite(getattr(args, flag)) or getattr(args, flag) < 0:
             raise UserError(f"--{flag} must be a non-negative number, got {getattr(args, flag)}")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "unset" if value is None else str(value)
+
+
+def restore_run_args(args: argparse.Namespace, explicit: dict[str, Any], parser: argparse.ArgumentParser,
+                     dataset: str) -> Setting:
+    """``--resume``: every flag that shapes the run comes from its checkpoint's ``args``; a flag typed now that
+    differs is refused, naming every difference. Returns the run's setting."""
+    path = Path(args.savedir) / CHECKPOINT
+    if not path.is_file():
+        raise UserError(f"--resume: {path} does not exist (nothing to resume; drop --resume to start afresh)")
+    stored = load_checkpoint(path).get("args") or {}
+    differences = []
+    for dest, value in stored.items():
+        if dest in MACHINE_FLAGS or not hasattr(args, dest):
+            continue
+        if dest not in explicit:
+            setattr(args, dest, value)
+        elif explicit[dest] != value and dest not in MOVABLE_FLAGS:
+            differences.append(f"--{dest} {_shown(explicit[dest])} (the run has {_shown(value)})")
+    for dest, value in explicit.items():   # flags newer than the checkpoint: the run had their default
+        if dest not in stored and dest not in MACHINE_FLAGS + MOVABLE_FLAGS and value != parser.get_default(dest):
+            differences.append(f"--{dest} {_shown(value)} (the run has {_shown(parser.get_default(dest))})")
+    if differences:
+        changeable = ", ".join("--" + f for f in MACHINE_FLAGS[:4] + MOVABLE_FLAGS)
+        raise UserError(f"--resume: the run in {path} was started with other flags: {'; '.join(differences)}; "
+                        f"drop them to continue it exactly as it began (only {changeable} may change), or "
+                        f"start a new run in another --savedir")
+    versions = settings_of(dataset)
+    return versions[args.zero_version] if hasattr(args, "zero_version") else next(iter(versions.values()))
+
+
+def parse_run_args(dataset: str, argv: Sequence[str]) -> tuple[Setting, argparse.Namespace, dict[str, Any]]:
+    """The flags of a run: defaults, then ``--smoke``'s preset, then (``--resume``) the run's own flags, with
+    what was typed winning where it may. Also returns the typed flags (``{dest: value}``)."""
+    setting = choose_setting(dataset, argv)
+    parser = build_parser(setting, dataset)
+    args = parser.parse_args(argv)
+    explicit = explicit_flags(parser, argv)
+    if args.smoke:
+        for key, value in smoke_preset(setting).items():
+            if key not in explicit:
+                setattr(args, key, value)
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues the run in --savedir and --overwrite replaces it: give only one")
+    if args.resume:
+        setting = restore_run_args(args, explicit, parser, dataset)
+    check_args(args)
+    return setting, args, explicit
+
+
+def resume_command(dataset: str, args: argparse.Namespace, explicit: dict[str, Any], world_size: int) -> str:
+    """The command that continues this run (the run's own flags come back from its checkpoint)."""
+    launcher = ["python"] if world_size == 1 else ["torchrun", f"--nproc_per_node={world_size}"]
+    cmd = [*launcher, f"train_{dataset}_ext.py", "--resume", "--savedir", str(args.savedir)]
+    for dest in ("data_root", "device", "workers", "amp", "channels_last", "no_figures"):
+        if dest in explicit:
+            value = explicit[dest]
+            if value is True:
+                cmd.append(f"--{dest}")
+            elif value is not False:
+                cmd += [f"--{dest}", str(value)]
+    return shlex.join(cmd)
+
+
+def earlier_run_files(savedir: Path) -> list[Path]:
+    """The files of an earlier run (and of testing it) in ``savedir``."""
+    found = [savedir / name for name in RUN_FILES if (savedir / name).is_file()]
+    for pattern in RUN_FILE_PATTERNS:
+        found += sorted(savedir.glob(pattern))
+    return found
+
+
+def claim_savedir(savedir: Path, overwrite: bool) -> list[Path]:
+    """A fresh run's folder must not hold another run's files, unless ``--overwrite``: then they are returned,
+    to be removed once the new run has written its first checkpoint (nothing is deleted before)."""
+    found = earlier_run_files(savedir)
+    if found and not overwrite:
+        raise UserError(f"--savedir {savedir} already holds another run's files ({', '.join(p.name for p in found)}): "
+                        f"continue that run with --resume, replace it with --overwrite (its files are removed only "
+                        f"once the new run has written its first checkpoint), or choose another --savedir")
+    return found
 
 
 def lr_at(base: float, epoch: int, epochs: int, decay: float = LR_DECAY) -> float:
@@ -277,7 +445,13 @@ class Trainer:
         self.args, self.setting, self.info, self.device = args, setting, info, device
         self.savedir = Path(args.savedir)
         self.is_main = info.is_main
+        # a fresh run: the earlier run's files, removed once this run has its first checkpoint (--overwrite)
+        self.earlier_files = [] if args.resume else claim_savedir(self.savedir, args.overwrite)
+        self.run_id = new_run_id()          # a resume takes the run's own id from its checkpoint
+        self.epochs_done = 0
         paths = resolve_paths(setting, args.data_root)
+        self.lists = {role: list_fingerprint(paths.list_file(role)) for role in TRAINING_LIST_ROLES
+                      if paths.list_file(role) is not None}
         self.data = build_data(setting, paths, args.img_size, args.val_fraction, args.augment)
         self.cid_mask = (load_cid_mask(paths.cid_mask_file, self.data.n_seen).to(device)
                          if setting.use_cid_mask else None)
@@ -326,10 +500,19 @@ class Trainer:
         return {"setting": self.setting.name, "model": self.args.model, "n_seen": self.data.n_seen,
                 "img_size": self.args.img_size, "feature_dim": self.student_module.feature_dim}
 
+    def provenance(self, next_epoch: int, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """What made the checkpoint (utils/provenance.py): the contract the test scripts read."""
+        a = self.args
+        return {"run_id": self.run_id, "setting": self.setting.name, "model": a.model, "img_size": a.img_size,
+                "n_seen": self.data.n_seen, "seed": a.seed, "epoch": next_epoch,
+                "student_sha256": state_dict_sha256(state_dict), "lists": self.lists,
+                "version": project_version()}
+
     def state(self, next_epoch: int) -> dict[str, Any]:
+        state_dict = self.student_module.state_dict()
         return {
             "epoch": next_epoch,  # the epoch a resumed run starts with
-            "state_dict": self.student_module.state_dict(),
+            "state_dict": state_dict,
             "teacher_head": self.teacher.head().state_dict(),
             "best_acc1": self.best_acc1,
             "optimizer": self.opt_student.state_dict(),
@@ -337,6 +520,7 @@ class Trainer:
             "rng": rng_state(),
             "config": self.config(),
             "args": {k: v for k, v in vars(self.args).items() if isinstance(v, (str, int, float, bool, type(None)))},
+            "provenance": self.provenance(next_epoch, state_dict),
         }
 
     def resume(self) -> None:
@@ -357,7 +541,15 @@ class Trainer:
             self.opt_teacher.load_state_dict(ckpt["optimizer_1"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise UserError(f"--resume: {path} does not match this model ({str(exc).splitlines()[0]})") from None
-        self.start_epoch = int(ckpt["epoch"])
+        provenance = ckpt.get("provenance") or {}
+        changed = [f"{role} ({fp['file']}: {fp['lines']} lines, the run had {provenance['lists'][role]['lines']})"
+                   for role, fp in self.lists.items()
+                   if role in provenance.get("lists", {}) and fp["sha256"] != provenance["lists"][role]["sha256"]]
+        if changed:
+            raise UserError(f"--resume: the training lists differ from the ones the run in {path} began with: "
+                            f"{', '.join(changed)}; resume it on its own data (--data_root) or start a new run")
+        self.run_id = provenance.get("run_id", self.run_id)
+        self.start_epoch = self.epochs_done = int(ckpt["epoch"])
         self.best_acc1 = float(ckpt.get("best_acc1", 0.0))
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
@@ -378,12 +570,25 @@ class Trainer:
             return
         ckpt = self.savedir / CHECKPOINT
         atomic_save(self.state(epoch + 1), ckpt)
+        self.epochs_done = epoch + 1
+        self.remove_earlier_run()
         last = epoch == self.args.epochs - 1
         if improved or (bidirectional and self.data.val is None):
             copy_atomic(ckpt, self.savedir / BEST)
         elif last and not (self.savedir / BEST).exists():
             print(f"note: no epoch after warm-up beat the warm-up's best top-1; {BEST} = the last epoch")
             copy_atomic(ckpt, self.savedir / BEST)
+
+    def remove_earlier_run(self) -> None:
+        """--overwrite: the earlier run's files go once this run has written its first checkpoint."""
+        if not self.earlier_files:
+            return
+        for f in self.earlier_files:
+            if f.name != CHECKPOINT:   # that one this run has just replaced
+                f.unlink(missing_ok=True)
+        print(f"note: --overwrite: this run has written its first checkpoint, so the earlier run's files in "
+              f"{self.savedir} are gone ({', '.join(f.name for f in self.earlier_files)})")
+        self.earlier_files = []
 
     # -- one epoch
     def set_lr(self, epoch: int) -> tuple[float, float]:
@@ -418,8 +623,8 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         images = 0
         start = time.perf_counter()
-        bar = tqdm(total=n_steps, desc=f"epoch {epoch} {'bidirectional' if bidirectional else 'warm-up'}",
-                   disable=not self.is_main, dynamic_ncols=True, leave=True, file=sys.stdout)
+        bar = progress(total=n_steps, desc=f"epoch {epoch} {'bidirectional' if bidirectional else 'warm-up'}",
+                       unit="step", disable=not self.is_main, file=sys.stdout)
         done = 0
         for x, y, is_photo in self.batches():
             if done >= n_steps:
@@ -471,8 +676,8 @@ class Trainer:
         self.student.eval()
         counts = torch.zeros(2, device=self.device)
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.use_amp else nullcontext())
-        for x, y in tqdm(self.val_loader, desc="validate", disable=not self.is_main, leave=False,
-                         dynamic_ncols=True, file=sys.stdout):
+        for x, y in progress(self.val_loader, desc="validate", unit="batch", disable=not self.is_main, leave=False,
+                             file=sys.stdout):
             x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             y = y.to(self.device, non_blocking=True)
             with autocast:
@@ -488,13 +693,17 @@ class Trainer:
             return
         a, d = self.args, self.data
         print(f"SBKA training on {self.setting.name}: {len(d.sketches)} sketches, {len(d.photos)} photos, "
-              f"{d.n_seen} seen classes; batch {a.batch_size} = {self.batch_split[0]} sketches + "
-              f"{self.batch_split[1]} photos over {self.info.world_size} process(es); {self.steps_per_epoch()} "
-              f"steps/epoch")
+              f"{d.n_seen} seen classes; {batch_message(self.setting, a.batch_size)}, over "
+              f"{self.info.world_size} process(es); {self.steps_per_epoch()} steps/epoch")
         print(f"model {a.model} ({'random weights' if str(a.pretrained).lower() == 'none' else a.pretrained}), "
               f"{a.epochs} epochs, warm-up epochs 0..{a.warmup_epochs - 1}, lr {a.lr:g} (teacher {self.teacher_lr:g}), "
               f"device {self.device}{', bf16 autocast' if self.use_amp else ''}"
               f"{', channels_last' if a.channels_last else ''}; validation: {d.val_source}; run dir {self.savedir}")
+        if self.device.type == "cpu":
+            n_val = len(d.val) if d.val is not None else 0
+            estimate = cpu_estimate(a.model, a.img_size, a.batch_size, self.steps_per_epoch(),
+                                    a.epochs - self.start_epoch, n_val, torch.get_num_threads())
+            print(estimate, file=sys.stderr if estimate.startswith("warning") else sys.stdout, flush=True)
 
     def fit(self) -> None:
         args = self.args
@@ -502,8 +711,6 @@ class Trainer:
             self.savedir.mkdir(parents=True, exist_ok=True)
         if args.resume:
             self.resume()
-        elif self.is_main and (self.savedir / LOG).exists():
-            (self.savedir / LOG).unlink()  # a fresh run starts a fresh log
         self.describe()
         for epoch in range(self.start_epoch, args.epochs):
             seed_epoch(args.seed, epoch, self.info.rank)
@@ -515,8 +722,8 @@ class Trainer:
             self.save(epoch, top1)
             if self.is_main:
                 record = {"epoch": epoch, "phase": "bidirectional" if epoch >= args.warmup_epochs else "warmup",
-                          "lr": lr_s, "teacher_lr": lr_t, "loss_reverse": None, **stats, "val_top1": top1,
-                          "best_acc1": self.best_acc1}
+                          "lr": lr_s, "teacher_lr": lr_t, "loss_reverse": None, **stats, "val_top1_pct": top1,
+                          "best_top1_pct": self.best_acc1}
                 with open(self.savedir / LOG, "a") as fh:
                     fh.write(json.dumps(record) + "\n")
                 top = f"{top1:.2f}%" if top1 is not None else "n/a"
@@ -537,17 +744,32 @@ class Trainer:
         plot_training_curves(self.savedir / LOG, self.savedir / "training_curves.png")
 
 
+def interrupted_message(dataset: str, args: argparse.Namespace, explicit: dict[str, Any],
+                        trainer: Optional[Trainer], world_size: int) -> str:
+    """Ctrl-C: one line, with the exact command that continues the run when it has a checkpoint."""
+    ckpt = Path(args.savedir) / CHECKPOINT
+    if not args.resume and (trainer is None or trainer.epochs_done == 0):
+        kept = " (the earlier run's files are untouched)" if args.overwrite else ""
+        return (f"interrupted before this run's first checkpoint: nothing was written{kept}; "
+                f"start it again with the same command")
+    done = f" ({trainer.epochs_done} epoch(s) done)" if trainer is not None else ""
+    return f"interrupted: {ckpt} holds the run{done}; resume it with: " + resume_command(
+        dataset, args, explicit, world_size)
+
+
 def main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
     """Entry point of ``train_<dataset>.py``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    setting = choose_setting(dataset, argv)
-    args = build_parser(setting, dataset).parse_args(argv)
-    check_args(args)
+    setting, args, explicit = parse_run_args(dataset, argv)
     info, device = init_distributed(args.device)
+    trainer = None
     try:
         if not info.is_main:
             warnings.filterwarnings("ignore")
-        Trainer(args, setting, info, device).fit()
+        trainer = Trainer(args, setting, info, device)
+        trainer.fit()
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(interrupted_message(dataset, args, explicit, trainer, info.world_size)) from None
     finally:
         cleanup(info)
 

@@ -27,6 +27,7 @@ from retrieval.report import ReportContext, console_report, write_results
 from retrieval.search import QuantizerOptions, RetrievalProblem, SweepEntry
 from retrieval.seen_validation import seen_validation_sets
 from utils.distributed import select_device
+from utils.cli import ArgumentParser
 from utils.errors import UserError
 
 CHECKPOINT_FILE = "model_best.pth.tar"
@@ -36,10 +37,9 @@ FROM_FILE = "features read from"
 
 # ----------------------------------------------------------------------------------------------- arguments
 def build_parser(setting: Setting) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description=f"Zero-shot sketch-based image retrieval test on {setting.name} (SBKA). With no flags "
-                    "this is the released test script (mode 2: one-to-many cluster matching).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "this is the released test script (mode 2: one-to-many cluster matching).")
     p.add_argument("--resume_dir", default=setting.checkpoint_dir,
                    help=f"holds {FEATURES_FILE}, {CHECKPOINT_FILE} and receives the results")
     p.add_argument("--data_root", default="datasets", help=f"folder holding {setting.dataset_dir}/")
