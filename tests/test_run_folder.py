@@ -5,9 +5,10 @@ import shlex
 import shutil
 
 import pytest
-import torch
 
+from data.registry import get_setting
 from engine import train
+from engine.runs import batch_message, cpu_estimate
 from engine.train import BEST, CHECKPOINT, LOG, Trainer, main, parse_run_args
 from tests.fixtures import make_tree
 from utils.checkpoint import load_checkpoint
@@ -158,12 +159,12 @@ def test_smoke_preset_and_explicit_flags_win(dataset, batch):
 
 
 def test_batch_message_and_cpu_estimate():
-    sketchy = train.get_setting("sketchy/zeroshot1")
-    assert train.batch_message(sketchy, 20) == (
+    sketchy = get_setting("sketchy/zeroshot1")
+    assert batch_message(sketchy, 20) == (
         "batch 20 -> 6 sketches + 12 photos; 2 images unused: Sketchy takes B//3 sketches and 2*(B//3) photos")
-    help_text = " ".join(train.build_parser(train.get_setting("tuberlin/zeroshot"), "tuberlin").format_help().split())
+    help_text = " ".join(train.build_parser(get_setting("tuberlin/zeroshot"), "tuberlin").format_help().split())
     assert "TUBerlin takes B//10 sketches and 9*(B//10) photos, so B is at least 10" in help_text
-    full = train.cpu_estimate("convnextv2_tiny", 224, 210, 415, 20, 6000, 2)
-    smoke = train.cpu_estimate("convnextv2_atto", 64, 12, 10, 2, 300, 2)
+    full = cpu_estimate("convnextv2_tiny", 224, 210, 415, 20, 6000, 2)
+    smoke = cpu_estimate("convnextv2_atto", 64, 12, 10, 2, 300, 2)
     assert full.startswith("warning:") and " h, about " in full and "GB" in full
     assert smoke.startswith("estimate on CPU") and "min" in smoke
