@@ -50,7 +50,7 @@ def smoke_preset(setting: Setting) -> dict[str, Any]:
     d = setting.sketch_divisor
     return {"model": "convnextv2_atto", "pretrained": "none", "img_size": 64,
             "batch_size": d * math.ceil(12 / d),   # Sketchy 12 = 4 + 8; TU-Berlin, QuickDraw 20 = 2 + 18
-            "epochs": 2, "warmup_epochs": 1, "max_steps_per_epoch": 10,
+            "epochs": 2, "warmup_epochs": 1, "max_steps_per_epoch": 10, "max_val_images": 200,
             "savedir": f"checkpoint/smoke/{setting.name}"}
 
 

@@ -112,6 +112,8 @@ def build_parser(setting: Setting, dataset: str) -> ArgumentParser:
                         + " (random weights: it checks the machinery, not the method; flags given win)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling, augmentation, prior noise")
     p.add_argument("--max_steps_per_epoch", type=int, default=None, help="cap steps per epoch (smoke runs)")
+    p.add_argument("--max_val_images", type=int, default=None,
+                   help="validate on this many sketches spread over the validation list (smoke runs; default: all)")
     p.add_argument("--classifier_init_std", type=float, default=CLASSIFIER_INIT_STD,
                    help="std of the new seen-class classifier's truncated-normal init (released: 2e-5; a "
                         "from-scratch run learns much faster with 0.02)")
@@ -132,8 +134,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--warmup_epochs must be 0 or more, got {args.warmup_epochs}")
     if args.workers < 0:
         raise UserError(f"--workers must be 0 or more, got {args.workers}")
-    if args.max_steps_per_epoch is not None and args.max_steps_per_epoch < 1:
-        raise UserError(f"--max_steps_per_epoch must be at least 1, got {args.max_steps_per_epoch}")
+    for flag in ("max_steps_per_epoch", "max_val_images"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     if not 0 < args.lr_decay <= 1:
         raise UserError(f"--lr_decay must be in (0, 1], got {args.lr_decay}")
     for flag in ("lr", "weight_decay"):
@@ -331,9 +334,13 @@ class Trainer:
             self.data.sketches, n_sk // info.world_size, info, args.seed, args.workers, pin)
         self.photo_loader, self.photo_sampler = make_loader(
             self.data.photos, n_ph // info.world_size, info, args.seed + 1, args.workers, pin)
-        self.val_loader = None
+        self.val_loader, self.n_val = None, 0
         if self.data.val is not None:
-            shard = Subset(self.data.val, range(info.rank, len(self.data.val), info.world_size))
+            n_all = len(self.data.val)
+            cap = min(n_all, args.max_val_images or n_all)
+            chosen = [i * n_all // cap for i in range(cap)]      # evenly spread: every class keeps its share
+            self.n_val = len(chosen)
+            shard = Subset(self.data.val, chosen[info.rank::info.world_size])
             self.val_loader = DataLoader(shard, batch_size=max(1, n_ph // info.world_size),
                                          num_workers=args.workers, pin_memory=pin)
 
@@ -563,11 +570,12 @@ class Trainer:
         print(f"model {a.model} ({'random weights' if str(a.pretrained).lower() == 'none' else a.pretrained}), "
               f"{a.epochs} epochs, warm-up epochs 0..{a.warmup_epochs - 1}, lr {a.lr:g} (teacher {self.teacher_lr:g}), "
               f"device {self.device}{', bf16 autocast' if self.use_amp else ''}"
-              f"{', channels_last' if a.channels_last else ''}; validation: {d.val_source}; run dir {self.savedir}")
+              f"{', channels_last' if a.channels_last else ''}; validation: {d.val_source}"
+              f"{f', {self.n_val} of them used (--max_val_images)' if d.val is not None and self.n_val < len(d.val) else ''}"
+              f"; run dir {self.savedir}")
         if self.device.type == "cpu":
-            n_val = len(d.val) if d.val is not None else 0
             estimate = cpu_estimate(a.model, a.img_size, a.batch_size, self.steps_per_epoch(),
-                                    a.epochs - self.start_epoch, n_val, torch.get_num_threads())
+                                    a.epochs - self.start_epoch, self.n_val, torch.get_num_threads())
             print(estimate, file=sys.stderr if estimate.startswith("warning") else sys.stdout, flush=True)
 
     def fit(self) -> None:

@@ -5,6 +5,7 @@ import shlex
 import shutil
 
 import pytest
+import torch
 
 from data.registry import get_setting
 from engine import train
@@ -12,6 +13,7 @@ from engine.runs import batch_message, cpu_estimate
 from engine.train import BEST, CHECKPOINT, LOG, Trainer, main, parse_run_args
 from tests.fixtures import make_tree
 from utils.checkpoint import load_checkpoint
+from utils.distributed import DistInfo
 from utils.errors import UserError, run_cli
 from utils.provenance import list_fingerprint, state_dict_sha256
 
@@ -155,7 +157,15 @@ def test_smoke_preset_and_explicit_flags_win(dataset, batch):
     assert (args.model, args.img_size, args.batch_size, args.pretrained, args.epochs) == (
         "convnextv2_atto", 64, batch, "none", 3)
     assert args.savedir == f"checkpoint/smoke/{setting.name}" and args.max_steps_per_epoch == 10
+    assert args.max_val_images == 200
     assert setting.split_batch(batch)[0] >= 1
+
+
+def test_validation_cap_keeps_an_even_spread(tree, tmp_path):
+    args = parse_run_args("sketchy", _argv(tree, tmp_path / "run", *TINY, "--max_val_images", "2"))[1]
+    trainer = Trainer(args, get_setting("sketchy/zeroshot1"), DistInfo(), torch.device("cpu"))
+    assert len(trainer.data.val) == 3 and trainer.n_val == 2
+    assert list(trainer.val_loader.dataset.indices) == [0, 1]
 
 
 def test_batch_message_and_cpu_estimate():
