@@ -12,7 +12,6 @@ For each size, on class-structured random unit features, in one run:
 """
 from __future__ import annotations
 
-import argparse
 import resource
 import sys
 import time
@@ -27,6 +26,7 @@ from retrieval import reference  # noqa: E402
 from retrieval.cluster_matching import fit_codebook  # noqa: E402
 from retrieval.feature_io import FeatureSet  # noqa: E402
 from retrieval.search import RetrievalProblem  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 
 # name -> (queries, gallery, classes): METHOD.md section 1
 SIZES = {"quickdraw": (92_291, 54_151, 30), "tuberlin": (2_400, 27_989, 30)}
@@ -81,16 +81,16 @@ def time_loop(features: FeatureSet, n_sample: int, seed: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
+    p = ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES), help="problem sizes to time")
     p.add_argument("--scale", type=float, default=1.0, help="multiply query and gallery counts")
-    p.add_argument("--dim", type=int, default=768)
-    p.add_argument("--chunk", type=int, default=1024)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--dim", type=int, default=768, help="feature dimension")
+    p.add_argument("--chunk", type=int, default=1024, help="queries per distance block")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     p.add_argument("--loop_queries", type=int, default=20, help="queries timed in the per-query loop")
     p.add_argument("--pq", nargs="*", default=["2x30", "4x30"], help="mode-2 (M x K) pairs; none to skip")
-    p.add_argument("--quantizer", default="gmm", choices=("gmm", "kmeans"))
-    p.add_argument("--gmm_covariance", default="full")
+    p.add_argument("--quantizer", default="gmm", choices=("gmm", "kmeans"), help="codeword fitting")
+    p.add_argument("--gmm_covariance", default="full", help="GaussianMixture covariance type")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = p.parse_args()
     if args.threads:

@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 from engine.train import sbka_losses  # noqa: E402
 from models import build_student, build_teacher  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 
 
 @dataclass
@@ -135,16 +136,16 @@ def bench(args: argparse.Namespace) -> dict[str, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--model", default="convnextv2_tiny")
-    p.add_argument("--batch_size", type=int, default=210)
-    p.add_argument("--img_size", type=int, default=224)
-    p.add_argument("--n_seen", type=int, default=100)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup_steps", type=int, default=3)
+    p = ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--model", default="convnextv2_tiny", help="timm model name")
+    p.add_argument("--batch_size", type=int, default=210, help="images per step")
+    p.add_argument("--img_size", type=int, default=224, help="input size")
+    p.add_argument("--n_seen", type=int, default=100, help="seen classes of the student's classifier")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per phase")
+    p.add_argument("--warmup_steps", type=int, default=3, help="untimed steps before timing")
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
-    p.add_argument("--channels_last", action="store_true")
+    p.add_argument("--channels_last", action="store_true", help="channels-last memory format")
     args = p.parse_args()
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True

@@ -12,7 +12,6 @@ how many images of other classes are made.
 """
 from __future__ import annotations
 
-import argparse
 import colorsys
 import os
 import pickle
@@ -27,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from data.registry import SAKE_NAMES, get_setting
+from utils.cli import ArgumentParser
 from utils.errors import UserError, run_cli
 
 SETTING_NAME = "sketchy/zeroshot1"
@@ -438,15 +438,17 @@ def generate_demo_dataset(out_root: Path, seed: int = 0,
     return root
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="python -m data.demo",
         description="Write a small synthetic zero-shot SBIR dataset in the public Sketchy layout.")
     parser.add_argument("--out", type=Path, default=Path("datasets/Demo"),
-                        help="data root to write <out>/Sketchy/ under (default: datasets/Demo)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sketches_per_class", type=int, default=DEFAULT_SKETCHES_PER_CLASS)
-    parser.add_argument("--photos_per_class", type=int, default=DEFAULT_PHOTOS_PER_CLASS)
+                        help="data root to write <out>/Sketchy/ under")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every drawing (same seed, same images)")
+    parser.add_argument("--sketches_per_class", type=int, default=DEFAULT_SKETCHES_PER_CLASS,
+                        help="sketches per seen class (a fifth of them become the *_test validation list)")
+    parser.add_argument("--photos_per_class", type=int, default=DEFAULT_PHOTOS_PER_CLASS,
+                        help="photos per seen class")
     parser.add_argument("--zero_per_class", type=int, default=None,
                         help="sketches and photos of each unseen class (default: the seen-class counts)")
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="image side in pixels")
@@ -454,7 +456,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="processes drawing images (the output does not depend on it)")
     parser.add_argument("--force", action="store_true", help="replace a demo dataset already there")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     started = time.perf_counter()
     root = generate_demo_dataset(args.out, args.seed, args.sketches_per_class, args.photos_per_class,
                                  args.size, args.force, args.zero_per_class, args.workers)

@@ -24,6 +24,7 @@ from data.lists import read_class_file
 from engine import train
 from retrieval import evaluate
 from utils.checkpoint import atomic_save
+from utils.cli import ArgumentParser
 from utils.errors import UserError, run_cli
 
 SETTING = "sketchy/zeroshot1"
@@ -36,28 +37,31 @@ DEMO_PQ_K = ("2", "3", "4", "5", "6")
 DEMO_CLASSIFIER_STD = 0.02
 
 
-def parse(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m engine.demo", description=__doc__.splitlines()[0])
     p.add_argument("--data_root", default="datasets/Demo", help="where the demo dataset is generated")
     p.add_argument("--savedir", default="checkpoint/demo", help="run directory (replaced on every demo)")
-    p.add_argument("--img_size", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=7)
-    p.add_argument("--warmup_epochs", type=int, default=4)
+    p.add_argument("--img_size", type=int, default=64, help="input size")
+    p.add_argument("--epochs", type=int, default=7, help="training epochs (warm-up included)")
+    p.add_argument("--warmup_epochs", type=int, default=4, help="epochs 0..N-1 train the student only")
     p.add_argument("--batch_size", type=int, default=30, help="10 sketches + 20 photos, the Sketchy split")
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, default=3e-4, help="student and teacher-head learning rate")
     p.add_argument("--lr_decay", type=float, default=1.0, help="lr(e) = lr * lr_decay ** (e / epochs)")
     p.add_argument("--augment", choices=("released", "none"), default="none",
                    help="training augmentation (the released one slows learning from random weights)")
     p.add_argument("--sketches_per_class", type=int, default=360, help="per seen class (20%% become validation)")
     p.add_argument("--photos_per_class", type=int, default=320, help="per seen class")
     p.add_argument("--zero_per_class", type=int, default=100, help="sketches and photos per unseen class")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2, help="image drawing processes and loader workers")
+    p.add_argument("--seed", type=int, default=0, help="seed of the dataset, the weights and the test")
     p.add_argument("--mode", type=int, choices=(1, 2), default=2, help="test mode (2 = with one-to-many)")
-    p.add_argument("--no_figures", action="store_true")
-    p.add_argument("--debug", action="store_true")
-    return p.parse_args(argv)
+    p.add_argument("--no_figures", action="store_true", help="do not draw the pictures")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return p
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def _unseen_map(resume_dir: Path) -> float:

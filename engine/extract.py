@@ -8,12 +8,12 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from data.registry import Setting
 from data.transforms import to_model_input
 from models import SBKAStudent, load_student_checkpoint, student_from_checkpoint
 from utils.errors import UserError
+from utils.progress import progress
 
 
 def load_student_for(setting: Setting, checkpoint: Path, device: torch.device,
@@ -41,7 +41,7 @@ def iter_embeddings(student: SBKAStudent, dataset: Dataset, device: torch.device
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
     student.eval()
-    for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
+    for images, targets in progress(loader, desc=desc, unit="batch", leave=False):
         # contexts per batch: a suspended generator must not leave inference mode or autocast on in the caller
         autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if amp and device.type == "cuda"
                     else nullcontext())
@@ -58,3 +58,4 @@ def extract_features(student: SBKAStudent, dataset: Dataset, device: torch.devic
     batches = list(iter_embeddings(student, dataset, device, batch_size, workers, amp, desc, **options))
     return (np.concatenate([f for f, _ in batches]).astype(np.float32),
             np.concatenate([y for _, y in batches]).astype(np.int64))
+

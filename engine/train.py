@@ -23,26 +23,29 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
-from tqdm import tqdm
 
 from data.cid_mask import load_cid_mask
 from data.dataset import VAL_FRACTION, ListDataset, holdout_indices
 from data.lists import read_class_file
 from data.registry import SETTINGS, Setting, SettingPaths, get_setting, resolve_paths
 from data.transforms import test_transform, to_model_input, train_transform
+from engine.runs import (BEST, CHECKPOINT, FIGURE, LOG, MACHINE_FLAGS, MOVABLE_FLAGS, TRAINING_LIST_ROLES,
+                         batch_message, batch_rule, claim_savedir, cpu_estimate, restore_run_args, resume_command,
+                         smoke_preset)
 from losses import gaussian_prior_kl, semantic_soft_cross_entropy
 from models import SBKAStudent, SBKATeacher, build_student, build_teacher
 from models.sbka import CLASSIFIER_INIT_STD, DEFAULT_MODEL, warn_random_weights
 from utils.checkpoint import atomic_save, atomic_write, load_checkpoint
+from utils.cli import ArgumentParser, explicit_flags
 from utils.distributed import DistInfo, all_reduce_sum, average_gradients, barrier, cleanup, init_distributed
 from utils.errors import UserError
+from utils.progress import progress
+from utils.provenance import list_fingerprint, new_run_id, project_version, state_dict_sha256
 
 DEFAULT_PRETRAINED = "pretrained_model/convnextv2_tiny_1k_224_ema.pt"
 PRIOR_WEIGHT = 0.1
 LR_DECAY = 0.001           # lr(e) = base * LR_DECAY ** (e / epochs)
-CHECKPOINT = "checkpoint.pth.tar"
-BEST = "model_best.pth.tar"
-LOG = "log.jsonl"
+
 
 
 # ----------------------------------------------------------------------------------------------- arguments
@@ -58,7 +61,7 @@ def choose_setting(dataset: str, argv: Sequence[str]) -> Setting:
     versions = settings_of(dataset)
     if len(versions) == 1:
         return next(iter(versions.values()))
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = ArgumentParser(add_help=False)
     pre.add_argument("--zero_version", default=next(iter(versions)))
     known, _ = pre.parse_known_args(argv)
     if known.zero_version not in versions:
@@ -66,10 +69,8 @@ def choose_setting(dataset: str, argv: Sequence[str]) -> Setting:
     return versions[known.zero_version]
 
 
-def build_parser(setting: Setting, dataset: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=f"Train SBKA on {setting.name}. With no flags this is the released code's run.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser(setting: Setting, dataset: str) -> ArgumentParser:
+    p = ArgumentParser(description=f"Train SBKA on {setting.name}. With no flags this is the released code's run.")
     versions = settings_of(dataset)
     if len(versions) > 1:
         p.add_argument("--zero_version", choices=list(versions), default=setting.split_dir,
@@ -80,10 +81,12 @@ def build_parser(setting: Setting, dataset: str) -> argparse.ArgumentParser:
     p.add_argument("--savedir", default=setting.checkpoint_dir, help="run directory (checkpoints, log)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="timm model name")
     p.add_argument("--img_size", type=int, default=224, help="input size")
-    p.add_argument("--epochs", type=int, default=setting.epochs)
+    p.add_argument("--epochs", type=int, default=setting.epochs, help="training epochs, warm-up included")
     p.add_argument("--warmup_epochs", type=int, default=setting.warmup_epochs,
                    help="epochs 0..N-1 train the student only")
-    p.add_argument("--batch_size", type=int, default=setting.batch_size, help="global batch (sketches + photos)")
+    p.add_argument("--batch_size", type=int, default=setting.batch_size,
+                   help=f"global batch B of sketches + photos: {batch_rule(setting)}, so B is at least "
+                        f"{setting.sketch_divisor}")
     p.add_argument("--lr", type=float, default=setting.lr, help="student learning rate")
     p.add_argument("--teacher_lr", type=float, default=None,
                    help=f"teacher-head learning rate (default: lr x {setting.teacher_lr_scale})")
@@ -99,9 +102,20 @@ def build_parser(setting: Setting, dataset: str) -> argparse.ArgumentParser:
     p.add_argument("--channels_last", action="store_true", help="channels-last memory format")
     p.add_argument("--gpu_normalize", action="store_true",
                    help="loaders send uint8; ToTensor/Normalize run on the device (same values, same draws)")
-    p.add_argument("--resume", action="store_true", help=f"continue from <savedir>/{CHECKPOINT}")
+    p.add_argument("--resume", action="store_true",
+                   help=f"continue the run in <savedir>/{CHECKPOINT} with the flags it was started with; only "
+                        f"{', '.join('--' + f for f in MACHINE_FLAGS[:4] + MOVABLE_FLAGS)} may be given anew")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a --savedir that holds another run; that run's files are removed once "
+                        "this run has written its first checkpoint")
+    smoke = smoke_preset(setting)
+    p.add_argument("--smoke", action="store_true",
+                   help="a few minutes on a CPU: " + ", ".join(f"--{k} {v}" for k, v in smoke.items())
+                        + " (random weights: it checks the machinery, not the method; flags given win)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling, augmentation, prior noise")
     p.add_argument("--max_steps_per_epoch", type=int, default=None, help="cap steps per epoch (smoke runs)")
+    p.add_argument("--max_val_images", type=int, default=None,
+                   help="validate on this many sketches spread over the validation list (smoke runs; default: all)")
     p.add_argument("--classifier_init_std", type=float, default=CLASSIFIER_INIT_STD,
                    help="std of the new seen-class classifier's truncated-normal init (released: 2e-5; a "
                         "from-scratch run learns much faster with 0.02)")
@@ -117,7 +131,7 @@ def build_parser(setting: Setting, dataset: str) -> argparse.ArgumentParser:
                             "sketch_test.txt or sketch_tx_..._filelist_test.txt) and keep the best epoch")
     p.add_argument("--detach_reverse_target", action="store_true",
                    help="variant: the reverse loss L_kd(t<-s) does not push the student")
-    p.add_argument("--no_figures", action="store_true", help="do not write training_curves.png")
+    p.add_argument("--no_figures", action="store_true", help=f"do not write {FIGURE}")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p
 
@@ -130,13 +144,35 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--warmup_epochs must be 0 or more, got {args.warmup_epochs}")
     if args.workers < 0:
         raise UserError(f"--workers must be 0 or more, got {args.workers}")
-    if args.max_steps_per_epoch is not None and args.max_steps_per_epoch < 1:
-        raise UserError(f"--max_steps_per_epoch must be at least 1, got {args.max_steps_per_epoch}")
+    for flag in ("max_steps_per_epoch", "max_val_images"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     if not 0 < args.lr_decay <= 1:
         raise UserError(f"--lr_decay must be in (0, 1], got {args.lr_decay}")
     for flag in ("lr", "weight_decay"):
         if not math.isfinite(getattr(args, flag)) or getattr(args, flag) < 0:
             raise UserError(f"--{flag} must be a non-negative number, got {getattr(args, flag)}")
+
+
+def parse_run_args(dataset: str, argv: Sequence[str]) -> tuple[Setting, argparse.Namespace, dict[str, Any]]:
+    """The flags of a run: defaults, then ``--smoke``'s preset, then (``--resume``) the run's own flags, with
+    what was typed winning where it may. Also returns the typed flags (``{dest: value}``)."""
+    setting = choose_setting(dataset, argv)
+    parser = build_parser(setting, dataset)
+    args = parser.parse_args(argv)
+    explicit = explicit_flags(parser, argv)
+    if args.smoke:
+        for key, value in smoke_preset(setting).items():
+            if key not in explicit:
+                setattr(args, key, value)
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues the run in --savedir and --overwrite replaces it: give only one")
+    if args.resume:
+        restore_run_args(args, explicit, parser)
+        if hasattr(args, "zero_version"):   # the run's own split
+            setting = settings_of(dataset)[args.zero_version]
+    check_args(args)
+    return setting, args, explicit
 
 
 def lr_at(base: float, epoch: int, epochs: int, decay: float = LR_DECAY) -> float:
@@ -295,7 +331,13 @@ class Trainer:
         self.args, self.setting, self.info, self.device = args, setting, info, device
         self.savedir = Path(args.savedir)
         self.is_main = info.is_main
+        # a fresh run: the earlier run's files, removed once this run has its first checkpoint (--overwrite)
+        self.earlier_files = [] if args.resume else claim_savedir(self.savedir, args.overwrite)
+        self.run_id = new_run_id()          # a resume takes the run's own id from its checkpoint
+        self.epochs_done = 0
         paths = resolve_paths(setting, args.data_root)
+        self.lists = {role: list_fingerprint(paths.list_file(role)) for role in TRAINING_LIST_ROLES
+                      if paths.list_file(role) is not None}
         self.data = build_data(setting, paths, args.img_size, args.val_fraction, args.augment,
                                getattr(args, "val_list", False), normalize=not args.gpu_normalize)
         self.cid_mask = (load_cid_mask(paths.cid_mask_file, self.data.n_seen).to(device)
@@ -311,9 +353,13 @@ class Trainer:
             self.data.sketches, n_sk // info.world_size, info, args.seed, args.workers, pin)
         self.photo_loader, self.photo_sampler = make_loader(
             self.data.photos, n_ph // info.world_size, info, args.seed + 1, args.workers, pin)
-        self.val_loader = None
+        self.val_loader, self.n_val = None, 0
         if self.data.val is not None:
-            shard = Subset(self.data.val, range(info.rank, len(self.data.val), info.world_size))
+            n_all = len(self.data.val)
+            cap = min(n_all, args.max_val_images or n_all)
+            chosen = [i * n_all // cap for i in range(cap)]      # evenly spread: every class keeps its share
+            self.n_val = len(chosen)
+            shard = Subset(self.data.val, chosen[info.rank::info.world_size])
             self.val_loader = DataLoader(shard, batch_size=max(1, n_ph // info.world_size),
                                          num_workers=args.workers, pin_memory=pin)
 
@@ -345,10 +391,19 @@ class Trainer:
         return {"setting": self.setting.name, "model": self.args.model, "n_seen": self.data.n_seen,
                 "img_size": self.args.img_size, "feature_dim": self.student_module.feature_dim}
 
+    def provenance(self, next_epoch: int, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """What made the checkpoint (utils/provenance.py): the contract the test scripts read."""
+        a = self.args
+        return {"run_id": self.run_id, "setting": self.setting.name, "model": a.model, "img_size": a.img_size,
+                "n_seen": self.data.n_seen, "seed": a.seed, "epoch": next_epoch,
+                "student_sha256": state_dict_sha256(state_dict), "lists": self.lists,
+                "version": project_version()}
+
     def state(self, next_epoch: int) -> dict[str, Any]:
+        state_dict = self.student_module.state_dict()
         return {
             "epoch": next_epoch,  # the epoch a resumed run starts with
-            "state_dict": self.student_module.state_dict(),
+            "state_dict": state_dict,
             "teacher_head": self.teacher.head().state_dict(),
             "best_acc1": self.best_acc1,
             "optimizer": self.opt_student.state_dict(),
@@ -356,6 +411,7 @@ class Trainer:
             "rng": rng_state(),
             "config": self.config(),
             "args": {k: v for k, v in vars(self.args).items() if isinstance(v, (str, int, float, bool, type(None)))},
+            "provenance": self.provenance(next_epoch, state_dict),
         }
 
     def resume(self) -> None:
@@ -376,7 +432,15 @@ class Trainer:
             self.opt_teacher.load_state_dict(ckpt["optimizer_1"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise UserError(f"--resume: {path} does not match this model ({str(exc).splitlines()[0]})") from None
-        self.start_epoch = int(ckpt["epoch"])
+        provenance = ckpt.get("provenance") or {}
+        changed = [f"{role} ({fp['file']}: {fp['lines']} lines, the run had {provenance['lists'][role]['lines']})"
+                   for role, fp in self.lists.items()
+                   if role in provenance.get("lists", {}) and fp["sha256"] != provenance["lists"][role]["sha256"]]
+        if changed:
+            raise UserError(f"--resume: the training lists differ from the ones the run in {path} began with: "
+                            f"{', '.join(changed)}; resume it on its own data (--data_root) or start a new run")
+        self.run_id = provenance.get("run_id", self.run_id)
+        self.start_epoch = self.epochs_done = int(ckpt["epoch"])
         self.best_acc1 = float(ckpt.get("best_acc1", 0.0))
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
@@ -397,12 +461,25 @@ class Trainer:
             return
         ckpt = self.savedir / CHECKPOINT
         atomic_save(self.state(epoch + 1), ckpt)
+        self.epochs_done = epoch + 1
+        self.remove_earlier_run()
         last = epoch == self.args.epochs - 1
         if improved or (bidirectional and self.data.val is None):
             copy_atomic(ckpt, self.savedir / BEST)
         elif last and not (self.savedir / BEST).exists():
             print(f"note: no epoch after warm-up beat the warm-up's best top-1; {BEST} = the last epoch")
             copy_atomic(ckpt, self.savedir / BEST)
+
+    def remove_earlier_run(self) -> None:
+        """--overwrite: the earlier run's files go once this run has written its first checkpoint."""
+        if not self.earlier_files:
+            return
+        for f in self.earlier_files:
+            if f.name != CHECKPOINT:   # that one this run has just replaced
+                f.unlink(missing_ok=True)
+        print(f"note: --overwrite: this run has written its first checkpoint, so the earlier run's files in "
+              f"{self.savedir} are gone ({', '.join(f.name for f in self.earlier_files)})")
+        self.earlier_files = []
 
     # -- one epoch
     def set_lr(self, epoch: int) -> tuple[float, float]:
@@ -437,8 +514,8 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         images = 0
         start = time.perf_counter()
-        bar = tqdm(total=n_steps, desc=f"epoch {epoch} {'bidirectional' if bidirectional else 'warm-up'}",
-                   disable=not self.is_main, dynamic_ncols=True, leave=True, file=sys.stdout)
+        bar = progress(total=n_steps, desc=f"epoch {epoch} {'bidirectional' if bidirectional else 'warm-up'}",
+                       unit="step", disable=not self.is_main, file=sys.stdout)
         done = 0
         for x, y, is_photo in self.batches():
             if done >= n_steps:
@@ -490,8 +567,8 @@ class Trainer:
         self.student.eval()
         counts = torch.zeros(2, device=self.device)
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.use_amp else nullcontext())
-        for x, y in tqdm(self.val_loader, desc="validate", disable=not self.is_main, leave=False,
-                         dynamic_ncols=True, file=sys.stdout):
+        for x, y in progress(self.val_loader, desc="validate", unit="batch", disable=not self.is_main, leave=False,
+                             file=sys.stdout):
             x = to_model_input(x, self.device, self.memory_format, self.args.gpu_normalize)
             y = y.to(self.device, non_blocking=True)
             with autocast:
@@ -507,13 +584,18 @@ class Trainer:
             return
         a, d = self.args, self.data
         print(f"SBKA training on {self.setting.name}: {len(d.sketches)} sketches, {len(d.photos)} photos, "
-              f"{d.n_seen} seen classes; batch {a.batch_size} = {self.batch_split[0]} sketches + "
-              f"{self.batch_split[1]} photos over {self.info.world_size} process(es); {self.steps_per_epoch()} "
-              f"steps/epoch")
+              f"{d.n_seen} seen classes; {batch_message(self.setting, a.batch_size)}, over "
+              f"{self.info.world_size} process(es); {self.steps_per_epoch()} steps/epoch")
         print(f"model {a.model} ({'random weights' if str(a.pretrained).lower() == 'none' else a.pretrained}), "
               f"{a.epochs} epochs, warm-up epochs 0..{a.warmup_epochs - 1}, lr {a.lr:g} (teacher {self.teacher_lr:g}), "
               f"device {self.device}{', bf16 autocast' if self.use_amp else ''}"
-              f"{', channels_last' if a.channels_last else ''}; validation: {d.val_source}; run dir {self.savedir}")
+              f"{', channels_last' if a.channels_last else ''}; validation: {d.val_source}"
+              f"{f', {self.n_val} of them used (--max_val_images)' if d.val is not None and self.n_val < len(d.val) else ''}"
+              f"; run dir {self.savedir}")
+        if self.device.type == "cpu":
+            estimate = cpu_estimate(a.model, a.img_size, a.batch_size, self.steps_per_epoch(),
+                                    a.epochs - self.start_epoch, self.n_val, torch.get_num_threads())
+            print(estimate, file=sys.stderr if estimate.startswith("warning") else sys.stdout, flush=True)
 
     def fit(self) -> None:
         args = self.args
@@ -521,8 +603,6 @@ class Trainer:
             self.savedir.mkdir(parents=True, exist_ok=True)
         if args.resume:
             self.resume()
-        elif self.is_main and (self.savedir / LOG).exists():
-            (self.savedir / LOG).unlink()  # a fresh run starts a fresh log
         self.describe()
         for epoch in range(self.start_epoch, args.epochs):
             seed_epoch(args.seed, epoch, self.info.rank)
@@ -534,13 +614,13 @@ class Trainer:
             self.save(epoch, top1)
             if self.is_main:
                 record = {"epoch": epoch, "phase": "bidirectional" if epoch >= args.warmup_epochs else "warmup",
-                          "lr": lr_s, "teacher_lr": lr_t, "loss_reverse": None, **stats, "val_top1": top1,
-                          "best_acc1": self.best_acc1}
+                          "lr": lr_s, "teacher_lr": lr_t, "loss_reverse": None, **stats, "val_top1_pct": top1,
+                          "best_top1_pct": self.best_acc1}
                 with open(self.savedir / LOG, "a") as fh:
                     fh.write(json.dumps(record) + "\n")
                 top = f"{top1:.2f}%" if top1 is not None else "n/a"
                 print(f"epoch {epoch}: loss {stats['loss_total']:.4f}, val top-1 {top}, "
-                      f"{stats['images_per_s']:.1f} img/s, {stats['time_s']:.1f}s")
+                      f"{stats['images_per_s']:.1f} img/s, {stats['time_s']:.1f}s", flush=True)
                 self.figures()
             barrier(self.info)
         if self.is_main:
@@ -556,17 +636,32 @@ class Trainer:
         plot_training_curves(self.savedir / LOG, self.savedir / "training_curves.png")
 
 
+def interrupted_message(dataset: str, args: argparse.Namespace, explicit: dict[str, Any],
+                        trainer: Optional[Trainer], world_size: int) -> str:
+    """Ctrl-C: one line, with the exact command that continues the run when it has a checkpoint."""
+    ckpt = Path(args.savedir) / CHECKPOINT
+    if not args.resume and (trainer is None or trainer.epochs_done == 0):
+        kept = " (the earlier run's files are untouched)" if args.overwrite else ""
+        return (f"interrupted before this run's first checkpoint: nothing was written{kept}; "
+                f"start it again with the same command")
+    done = f" ({trainer.epochs_done} epoch(s) done)" if trainer is not None else ""
+    return f"interrupted: {ckpt} holds the run{done}; resume it with: " + resume_command(
+        dataset, args, explicit, world_size)
+
+
 def main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
     """Entry point of ``train_<dataset>.py``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    setting = choose_setting(dataset, argv)
-    args = build_parser(setting, dataset).parse_args(argv)
-    check_args(args)
+    setting, args, explicit = parse_run_args(dataset, argv)
     info, device = init_distributed(args.device)
+    trainer = None
     try:
         if not info.is_main:
             warnings.filterwarnings("ignore")
-        Trainer(args, setting, info, device).fit()
+        trainer = Trainer(args, setting, info, device)
+        trainer.fit()
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(interrupted_message(dataset, args, explicit, trainer, info.world_size)) from None
     finally:
         cleanup(info)
 

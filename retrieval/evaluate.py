@@ -34,6 +34,7 @@ from retrieval.run_folder import (CHECKPOINT_FILE, UNKNOWN, ZERO_ROLES, Checkpoi
 from retrieval.search import QuantizerOptions, RetrievalProblem, SweepEntry
 from retrieval.seen_validation import seen_validation_sets
 from utils.distributed import select_device
+from utils.cli import ArgumentParser
 from utils.errors import UserError
 from utils.provenance import (file_sha256, list_fingerprint, project_version, read_sidecar, sidecar_path,
                               write_sidecar)
@@ -52,10 +53,9 @@ def _default_said(text: str) -> str:
 
 
 def build_parser(setting: Setting) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description=f"Zero-shot sketch-based image retrieval test on {setting.name} (SBKA). With no flags "
-                    "this is the released test script (mode 2: one-to-many cluster matching).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "this is the released test script (mode 2: one-to-many cluster matching).")
     p.add_argument("--resume_dir", default=setting.checkpoint_dir,
                    help=f"holds {FEATURES_FILE}, {CHECKPOINT_FILE} and receives the results")
     p.add_argument("--data_root", default=None,

@@ -7,12 +7,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from retrieval.cluster_matching import DEFAULT_ALPHA, DEFAULT_SEED, Codebook, blend_, cluster_distances, encode, fit_codebook
 from retrieval.distances import euclidean_distances, euclidean_order_scores, squared_norms
 from retrieval.feature_io import FeatureSet
 from retrieval.metrics import DistanceFn, QueryMetrics, evaluate_ranking
+from utils.progress import progress
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,8 @@ class RetrievalProblem:
 
     def evaluate(self, codebook: Optional[Codebook] = None, alpha: float = DEFAULT_ALPHA,
                  desc: Optional[str] = None) -> QueryMetrics:
-        bar = tqdm(total=len(self.features.query_labels), desc=desc, unit="query", leave=False,
-                   dynamic_ncols=True, disable=desc is None)
+        bar = progress(total=len(self.features.query_labels), desc=desc, unit="query", leave=False,
+                       disable=desc is None)
         with bar:
             return evaluate_ranking(self.distance_fn(codebook, alpha), self.features.query_labels,
                                     self.features.gallery_labels, self.chunk, self.device, bar.update)
@@ -75,7 +75,7 @@ class RetrievalProblem:
     def sweep(self, grid: Sequence[tuple[int, int]], options: QuantizerOptions, desc: str) -> list[SweepEntry]:
         """Fit a codebook on the gallery and evaluate the blended ranking for every (M, K)."""
         entries = []
-        for m, k in tqdm(grid, desc=desc, unit="(M,K)", leave=False, dynamic_ncols=True):
+        for m, k in progress(grid, desc=desc, unit="(M,K)", leave=False):
             start = time.perf_counter()
             codebook = fit_codebook(self.features.gallery, m, k, options.quantizer, options.covariance,
                                     options.max_samples, options.seed)

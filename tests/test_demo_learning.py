@@ -36,7 +36,7 @@ def test_demo_training_clearly_beats_the_untrained_network(tmp_path: Path, capsy
     log = [json.loads(line) for line in (savedir / "log.jsonl").read_text().splitlines()]
     assert [e["phase"] for e in log] == ["warmup"] * 4 + ["bidirectional"] * 3           # both phases ran
     assert log[0]["loss_reverse"] is None and log[-1]["loss_reverse"] is not None
-    assert log[-1]["val_top1"] > 2 * 12.5    # seen-class validation well above chance (8 classes)
+    assert log[-1]["val_top1_pct"] > 2 * 12.5    # seen-class validation well above chance (8 classes)
 
 
 def test_demo_refuses_a_run_directory_it_did_not_make(tmp_path: Path) -> None:

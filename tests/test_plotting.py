@@ -32,7 +32,7 @@ def _record(epoch: int, warmup_epochs: int = 10, **overrides) -> dict:
     record = {"epoch": epoch, "phase": "warmup" if warm else "bidirectional", "lr": lr, "teacher_lr": lr,
               "loss_ce": 2.0 / (epoch + 1), "loss_kd": 1.0 / (epoch + 1), "loss_prior": 0.05,
               "loss_reverse": None if warm else 0.5 / (epoch + 1), "loss_total": 3.0 / (epoch + 1),
-              "val_top1": 0.5 + 0.02 * epoch}
+              "val_top1_pct": 50.0 + 2.0 * epoch}
     record.update(overrides)
     return record
 
@@ -57,8 +57,8 @@ def test_training_curves_full_log(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("records", [
     [_record(0)],                                                        # one epoch
-    [_record(0, val_top1=None)],                                         # one epoch, no validation
-    [_record(e, val_top1=None) for e in range(3)],                       # never validated
+    [_record(0, val_top1_pct=None)],                                         # one epoch, no validation
+    [_record(e, val_top1_pct=None) for e in range(3)],                       # never validated
     [_record(e, warmup_epochs=0) for e in range(2)],                     # no warm-up at all
     [{"epoch": 0, "loss_total": 1.0}],                                   # only one key
     [_record(0, loss_ce=float("nan"), lr=0.0), _record(1)],              # NaN loss, zero lr (log axis)

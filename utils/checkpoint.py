@@ -11,16 +11,25 @@ import torch
 from utils.errors import UserError
 
 
+def file_mode() -> int:
+    """The permissions ``open(path, "w")`` would give a new file: 0o666 less the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     """Call ``write`` on a temporary file in the same folder, then rename it over ``path``.
 
     A crash mid-write leaves the previous file intact (rename is atomic on POSIX file systems) and no
-    temporary file behind.
+    temporary file behind. The file gets the umask's permissions, like any file the user writes
+    (``mkstemp`` alone would make it private, 0600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()

@@ -43,8 +43,8 @@ def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] 
         warnings.formatwarning = lambda message, category, *_, **__: f"warning: {message}\n"
     try:
         main(args)
-    except KeyboardInterrupt:
-        print("interrupted: files already written are kept (a training run continues with --resume).",
+    except KeyboardInterrupt as exc:  # a script may say more, e.g. the command that resumes a training run
+        print(str(exc) or "interrupted: files already written are kept (a training run continues with --resume).",
               file=sys.stderr)
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into exit codes

@@ -369,7 +369,8 @@ def plot_training_curves(log_path: str | Path, out_png: str | Path) -> None:
     loss_keys = [k for k in _LOSS_ORDER if k in present] + sorted(
         k for k in present if k.startswith("loss_") and k not in _LOSS_ORDER)
     losses = {k.removeprefix("loss_"): (epochs, [r.get(k) for r in records]) for k in loss_keys}
-    val = {"val top-1": (epochs, [r.get("val_top1") for r in records])}
+    # logs written before the key carried its unit say "val_top1" (also in %)
+    val = {"val top-1 (%)": (epochs, [r.get("val_top1_pct", r.get("val_top1")) for r in records])}
     lrs = {name: (epochs, [r.get(key) for r in records])
            for key, name in (("lr", "student lr"), ("teacher_lr", "teacher lr")) if key in present}
     marker = _warmup_end(records)
@@ -380,7 +381,7 @@ def plot_training_curves(log_path: str | Path, out_png: str | Path) -> None:
     common = dict(integer_x=True, markers=markers, x_extent=epochs)
     _draw_chart(img, (0, 0, panel_w, panel_h), losses, "(a) loss terms", "epoch", "loss", **common)
     _draw_chart(img, (panel_w, 0, 2 * panel_w, panel_h), val, "(b) validation top-1 (seen classes)",
-                "epoch", "top-1", empty_message="no validation values", **common)
+                "epoch", "top-1 (%)", empty_message="no validation values", **common)
     _draw_chart(img, (2 * panel_w, 0, 3 * panel_w, panel_h), lrs, "(c) learning rate (log scale)", "epoch",
                 "learning rate", log_y=True, dashed={"teacher lr"}, **common)
     _save(img, out_png)
