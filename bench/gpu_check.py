@@ -90,6 +90,12 @@ class Plan:
     total_s: float = 420.0
 
 
+def batch_holder(sketch_loader, photo_loader, device: torch.device, gpu_normalize: bool) -> SimpleNamespace:
+    """What ``Trainer.batches`` reads from a trainer: its two loaders, device, memory format and flag."""
+    return SimpleNamespace(sketch_loader=sketch_loader, photo_loader=photo_loader, device=device,
+                           memory_format=torch.channels_last, args=SimpleNamespace(gpu_normalize=gpu_normalize))
+
+
 def smoke_plan() -> Plan:
     return Plan(model="convnextv2_atto", img_size=32, n_sketch=3, n_photo=6, n_seen=8, image_px=64, per_class=4,
                 lists={"sketch_train": 40, "photo_train": 60, "sketch_test": 9, "sketch_zero": 20, "photo_zero": 24},
@@ -431,7 +437,7 @@ def section_profile(sec: Section, args, plan: Plan, device, images) -> None:
 def section_loader(sec: Section, args, plan: Plan, device, budget: Budget, ctx: dict) -> None:
     from data.dataset import VAL_FRACTION, ListDataset
     from data.registry import get_setting, resolve_paths
-    from data.transforms import to_model_input, train_transform
+    from data.transforms import train_transform
     from engine.train import Trainer, build_data, make_loader
     from utils.distributed import DistInfo
 
@@ -451,36 +457,34 @@ def section_loader(sec: Section, args, plan: Plan, device, budget: Budget, ctx: 
                     workers=0, img_s=n / (time.perf_counter() - t0), images=n)
     workers = min(8, os.cpu_count() or 1)           # the trainer's default per loader (two loaders)
     n_sk, n_ph = plan.n_sketch, plan.n_photo
-    # the trainer's main process alone: Trainer.batches concatenates and shuffles every batch on the CPU
-    # (serial with the step, which synchronises on its finiteness check), then copies it to the device
+    # the trainer's main process alone: Trainer.batches copies each half to the device, then concatenates,
+    # shuffles and (with --gpu_normalize) normalises there
     for dtype in (torch.float32, torch.uint8):
         shape = (3, plan.img_size, plan.img_size)
         sk = (torch.zeros(n_sk, *shape, dtype=dtype), torch.zeros(n_sk, dtype=torch.long))
         ph = (torch.zeros(n_ph, *shape, dtype=dtype), torch.zeros(n_ph, dtype=torch.long))
-        holder = SimpleNamespace(sketch_loader=[sk] * 10, photo_loader=[ph] * 10)
+        if cuda(device):
+            sk, ph = tuple(t.pin_memory() for t in sk), tuple(t.pin_memory() for t in ph)
+        holder = batch_holder([sk] * 10, [ph] * 10, device, dtype == torch.uint8)
         t0 = time.perf_counter()
         n = 0
         for x, _, _ in Trainer.batches(holder):
-            to_model_input(x, device, torch.channels_last, dtype == torch.uint8)
             sync(device)
             n += len(x)
         sec.row(pipeline=f"main process only: Trainer.batches + copy to {device.type}, {str(dtype)[6:]} "
                          "(a ceiling)", workers=0, img_s=n / (time.perf_counter() - t0), images=n)
-    memory_format = torch.channels_last
     rates = {}
     for normalize in (True, False):
-        data = build_data(setting, paths, plan.img_size, VAL_FRACTION, "released", normalize)
+        data = build_data(setting, paths, plan.img_size, VAL_FRACTION, "released", normalize=normalize)
         sk, sk_sampler = make_loader(data.sketches, n_sk, DistInfo(), 0, workers, cuda(device))
         ph, ph_sampler = make_loader(data.photos, n_ph, DistInfo(), 1, workers, cuda(device))
         torch.manual_seed(0)
-        holder = SimpleNamespace(sketch_loader=sk, photo_loader=ph)
+        holder = batch_holder(sk, ph, device, not normalize)
         t0 = time.perf_counter()
         first = None
         images = batches = 0
         limit = budget.cap(plan.loader_s, reserve=200)
-        for x, y, is_photo in Trainer.batches(holder):      # the trainer's own pairing, concatenation, shuffle
-            x = to_model_input(x, device, memory_format, not normalize)
-            y.to(device, non_blocking=True)
+        for x, y, is_photo in Trainer.batches(holder):      # the trainer's own pairing, device copy, shuffle
             sync(device)
             if first is None:
                 first = time.perf_counter()

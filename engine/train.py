@@ -207,6 +207,8 @@ def build_data(setting: Setting, paths: SettingPaths, img_size: int, val_fractio
     sketches = ListDataset.from_list(paths.root, paths.list_file("sketch_train"), n_seen, tf, cls_file)
     photos = ListDataset.from_list(paths.root, paths.list_file("photo_train"), n_seen, tf, cls_file)
     test_list = paths.list_file("sketch_test")
+    if val_list and val_fraction > 0:
+        raise UserError(f"--val_list and --val_fraction {val_fraction:g} name two validation sets: give one of them")
     if val_list and test_list is None:
         names_tried = ", ".join(scheme["sketch_test"] for scheme in setting.naming_schemes)
         raise UserError(f"--val_list: {paths.split} has no sketch_test-role list (looked for {names_tried}); "
@@ -286,6 +288,41 @@ class StepResult:
 
 class NonFiniteLoss(UserError):
     pass
+
+
+class FiniteWatch:
+    """Notes the first step of an epoch whose loss is not finite, without waiting for the device.
+
+    ``record`` keeps, on the device, the step and the loss terms of the first non-finite total; ``check``
+    reads them (one synchronisation) and stops the run. On CUDA the trainer checks every
+    ``finite_check_every`` steps instead of after each forward pass, so the GPU is not drained every step;
+    the steps in between only change the weights in memory: checkpoints are written after the epoch, so
+    the last good one on disk is kept either way.
+    """
+
+    def __init__(self, checkpoint: Path):
+        self.checkpoint = checkpoint
+        self.first_bad: Optional[torch.Tensor] = None
+        self.bad_terms: Optional[torch.Tensor] = None
+        self.names: list[str] = []
+
+    def record(self, step: int, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        values = torch.stack([v.detach().float() for v in terms.values()])
+        if self.first_bad is None:                          # one watch per epoch: one set of terms
+            self.names = list(terms)
+            self.first_bad = torch.full((), -1, dtype=torch.long, device=total.device)
+            self.bad_terms = torch.zeros_like(values)
+        newly_bad = (self.first_bad < 0) & ~torch.isfinite(total.detach())
+        self.first_bad = torch.where(newly_bad, torch.full_like(self.first_bad, step), self.first_bad)
+        self.bad_terms = torch.where(newly_bad, values, self.bad_terms)
+
+    def check(self, epoch: int) -> None:
+        if self.first_bad is None or int(self.first_bad) < 0:
+            return
+        values = ", ".join(f"{k}={v:.4g}" for k, v in zip(self.names, self.bad_terms.tolist()))
+        raise NonFiniteLoss(
+            f"non-finite loss at epoch {epoch}, step {int(self.first_bad)} ({values}); training stopped and "
+            f"{self.checkpoint} (the last good state) was kept: lower --lr or check the data")
 
 
 def sbka_losses(student: torch.nn.Module, teacher: SBKATeacher, x: torch.Tensor, y: torch.Tensor,
@@ -383,6 +420,8 @@ class Trainer:
         self.start_epoch, self.best_acc1 = 0, 0.0
         self.memory_format = memory_format
         self.use_amp = bool(args.amp and device.type == "cuda")
+        # how often the loss is checked for NaN/inf: each step on CPU (no cost), every 10 on CUDA (a sync)
+        self.finite_check_every = 10 if device.type == "cuda" else 1
         if args.amp and device.type != "cuda" and self.is_main:
             print("note: --amp has effect on CUDA only; running in fp32", file=sys.stderr)
 
@@ -492,13 +531,20 @@ class Trainer:
         return lr_s, lr_t
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Sketch and photo batches side by side, concatenated and shuffled; ends with the shorter loader."""
+        """Sketch and photo batches side by side, concatenated and shuffled; ends with the shorter loader.
+
+        Each half goes to the device as it comes from its loader (pinned memory on CUDA, so the copies are
+        asynchronous), and the concatenation and shuffle run there: the main process never copies a whole
+        batch on the CPU. The shuffle draws ``torch.randperm`` from the CPU generator, as before, so a seed
+        gives the same order on every device.
+        """
         for (sk, sk_y), (ph, ph_y) in zip(self.sketch_loader, self.photo_loader):
-            x = torch.cat([sk, ph])
-            y = torch.cat([sk_y, ph_y])
-            is_photo = torch.cat([torch.zeros(len(sk)), torch.ones(len(ph))])
-            perm = torch.randperm(len(x))
-            yield x[perm], y[perm], is_photo[perm]
+            x = torch.cat([to_model_input(sk, self.device, torch.contiguous_format, self.args.gpu_normalize),
+                           to_model_input(ph, self.device, torch.contiguous_format, self.args.gpu_normalize)])
+            y = torch.cat([sk_y, ph_y]).to(self.device, non_blocking=True)
+            is_photo = torch.cat([torch.zeros(len(sk)), torch.ones(len(ph))]).to(self.device, non_blocking=True)
+            perm = torch.randperm(len(x)).to(self.device, non_blocking=True)
+            yield x[perm].contiguous(memory_format=self.memory_format), y[perm], is_photo[perm]
 
     def steps_per_epoch(self) -> int:
         n = min(len(self.sketch_loader), len(self.photo_loader))
@@ -517,21 +563,17 @@ class Trainer:
         bar = progress(total=n_steps, desc=f"epoch {epoch} {'bidirectional' if bidirectional else 'warm-up'}",
                        unit="step", disable=not self.is_main, file=sys.stdout)
         done = 0
+        watch = FiniteWatch(self.savedir / CHECKPOINT)
         for x, y, is_photo in self.batches():
             if done >= n_steps:
                 break
             step = done
-            x = to_model_input(x, self.device, self.memory_format, self.args.gpu_normalize)
-            y = y.to(self.device, non_blocking=True)
-            is_photo = is_photo.to(self.device, non_blocking=True)
             mask = self.cid_mask[y] if self.cid_mask is not None else None
             total, terms = sbka_losses(self.student, self.teacher, x, y, is_photo, mask, bidirectional,
                                        args.detach_reverse_target, autocast)
-            if not torch.isfinite(total):
-                values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-                raise NonFiniteLoss(
-                    f"non-finite loss at epoch {epoch}, step {step} ({values}); training stopped and "
-                    f"{self.savedir / CHECKPOINT} (the last good state) was kept: lower --lr or check the data")
+            watch.record(step, total, terms)
+            if step % self.finite_check_every == 0 or step == n_steps - 1:
+                watch.check(epoch)
             self.opt_student.zero_grad(set_to_none=True)
             self.opt_teacher.zero_grad(set_to_none=True)
             total.backward()
@@ -550,6 +592,7 @@ class Trainer:
             bar.update(1)
             done += 1
         bar.close()
+        watch.check(epoch)
         if done == 0:
             raise UserError("an epoch had no steps: a training list is shorter than one batch share per process")
         stats = torch.stack(list(sums.values())).float() / done

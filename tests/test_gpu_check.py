@@ -120,13 +120,14 @@ def _first_batch(tree, savedir, *extra):
     trainer.sketch_sampler.set_epoch(0)
     trainer.photo_sampler.set_epoch(0)
     x, y, _ = next(trainer.batches())
-    return x, to_model_input(x, trainer.device, trainer.memory_format, args.gpu_normalize), y
+    return trainer.data.sketches[0][0], x, y
 
 
 def test_trainer_gpu_normalize_feeds_the_model_the_same_batch(tree, tmp_path):
     x_ref, model_ref, y_ref = _first_batch(tree, tmp_path / "a")
     x_u8, model_u8, y_u8 = _first_batch(tree, tmp_path / "b", "--gpu_normalize", "--channels_last")
     assert x_ref.dtype == torch.float32 and x_u8.dtype == torch.uint8   # a quarter of the bytes through the loader
+    assert model_ref.dtype == model_u8.dtype == torch.float32
     assert torch.equal(y_ref, y_u8) and torch.equal(model_ref, model_u8)
     assert model_u8.is_contiguous(memory_format=torch.channels_last)
 

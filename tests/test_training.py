@@ -96,6 +96,18 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tree, tmp_path
     assert load_checkpoint(run / CHECKPOINT)["epoch"] == 1    # the state after epoch 0, the last good one
 
 
+def test_finite_watch_names_the_first_bad_step_when_checked_later(tmp_path):
+    """On CUDA the loss is checked every few steps; the message still names the first bad step and its terms."""
+    watch = train.FiniteWatch(tmp_path / CHECKPOINT)
+    for step, value in enumerate([1.0, 2.0, float("nan"), float("inf"), 3.0]):
+        total = torch.tensor(value)
+        watch.record(step, total, {"loss_ce": total * 2, "loss_kd": torch.tensor(0.5)})
+        if step == 1:
+            watch.check(7)                                   # nothing bad yet: no error
+    with pytest.raises(UserError, match=r"non-finite loss at epoch 7, step 2 \(loss_ce=nan, loss_kd=0.5\)"):
+        watch.check(7)
+
+
 def test_resume_refuses_a_different_model(tree, tmp_path):
     run = tmp_path / "run"
     _run(tree, run, "--epochs", "1")
@@ -264,6 +276,8 @@ def test_quickdraw_test_list_only_when_asked(quickdraw_authors_tree, tmp_path):
     with pytest.raises(UserError, match=r"--val_list: .* has no sketch_test-role list \(looked for "
                                         r"sketch_filelist_test\.txt, sketch_test\.txt, sketch_tx_"):
         _data(tmp_path, "--val_list")
+    with pytest.raises(UserError, match=r"--val_list and --val_fraction 0.05 name two validation sets"):
+        _data(quickdraw_authors_tree, "--val_list", "--val_fraction", "0.05")
 
 
 @pytest.mark.parametrize("test_list", [True, False])
