@@ -86,6 +86,9 @@ def build_parser(setting: Setting) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None,
                    help=_default_said("cpu, cuda, cuda:N (default: cuda when present, else cpu)"))
     p.add_argument("--amp", action="store_true", help="bf16 autocast for extraction on CUDA")
+    p.add_argument("--channels_last", action="store_true", help="channels-last memory format for extraction")
+    p.add_argument("--gpu_normalize", action="store_true",
+                   help="image loaders send uint8; ToTensor/Normalize run on the device (the same values)")
     p.add_argument("--chunk", type=int, default=1024, help="queries per distance block (bounds memory)")
     p.add_argument("--label", default=None,
                    help=_default_said("name shown in the reports and figure titles (default: the setting, "
@@ -185,17 +188,26 @@ def embed_sets(source: StudentSource, gallery: ListDataset, queries: ListDataset
     from engine.extract import extract_features
 
     student, _ = source.get()
-    kw = dict(device=source.device, batch_size=args.batch_size, workers=args.workers, amp=args.amp)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    student.to(memory_format=memory_format)
+    kw = dict(device=source.device, batch_size=args.batch_size, workers=args.workers, amp=args.amp,
+              on_device_normalize=args.gpu_normalize, memory_format=memory_format)
     g, gl = extract_features(student, gallery, desc=f"{what} photos", **kw)
     q, ql = extract_features(student, queries, desc=f"{what} sketches", **kw)
     return FeatureSet(g, gl, q, ql)
 
 
-def image_transform(source: StudentSource):
-    """The test pre-processing at the checkpoint's input size."""
+def image_transform(source: StudentSource, args: argparse.Namespace):
+    """The test pre-processing at the checkpoint's input size (up to uint8 with --gpu_normalize)."""
     from data.transforms import test_transform   # lazy: torchvision is only needed to read images
 
-    return test_transform(int(source.get()[1].get("img_size", 224)))
+    return test_transform(int(source.get()[1].get("img_size", 224)), normalize=not args.gpu_normalize)
+
+
+def extraction_options(args: argparse.Namespace, device: torch.device) -> dict[str, bool]:
+    """How features were computed, recorded in their sidecar (bf16 features differ from fp32 ones a little)."""
+    return {"amp": bool(args.amp and device.type == "cuda"), "channels_last": bool(args.channels_last),
+            "gpu_normalize": bool(args.gpu_normalize)}
 
 
 def save_with_sidecar(features: FeatureSet, path: Path, record: dict) -> dict:
@@ -255,11 +267,12 @@ def zero_features(args: argparse.Namespace, setting: Setting, resume_dir: Path, 
             f"only), or pass --checkpoint PATH")
     paths = resolve_paths(setting, args.data_root)
     n_unseen = len(read_class_file(paths.zero_class_file))
-    transform = image_transform(source)
+    transform = image_transform(source, args)
     photos, sketches = (ListDataset.from_list(paths.root, paths.list_file(role), n_unseen, transform,
                                               paths.zero_class_file) for role in ZERO_ROLES)
     features = embed_sets(source, photos, sketches, args, "unseen-class")
-    record = save_with_sidecar(features, path, zero_sidecar(source.info, paths, features))
+    record = save_with_sidecar(features, path, {**zero_sidecar(source.info, paths, features),
+                                                "extraction": extraction_options(args, source.device)})
     ctx.features_source = f"{describe_record(record)}, written to {path}"
     return features, record
 
@@ -310,7 +323,7 @@ def seen_validation_features(args: argparse.Namespace, paths: SettingPaths, sour
         return None, (f"the honest figure needs the model checkpoint {source.checkpoint} to embed the "
                       "seen-class validation data")
     sketches, photos, description = seen_validation_sets(paths, n_classes, args.val_max_queries,
-                                                         args.val_max_gallery, args.seed, image_transform(source))
+                                                         args.val_max_gallery, args.seed, image_transform(source, args))
     features = embed_sets(source, photos, sketches, args, "seen-class")
     save_with_sidecar(features, cache, {**source.info.provenance(), "lists": lists, **params,
                                         "description": description, "n_gallery": int(len(features.gallery)),

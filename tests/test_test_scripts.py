@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -113,6 +114,27 @@ def test_on_a_dataset_and_checkpoint(script, tmp_path, monkeypatch, capsys):
     # mode 2: each of the 2 example queries (one per unseen class) once per ranking, rows labelled
     with Image.open(run_dir / "retrieval_examples.png") as img:
         assert img.size == grid_layout(96, labelled=True).image_size(4, 8)
+
+
+def test_fast_extraction_options_give_the_same_features_and_are_recorded(tmp_path, monkeypatch, capsys):
+    """--channels_last --gpu_normalize (uint8 through the loader, normalised on the device) change the speed,
+    not the features; the sidecar says how they were extracted."""
+    from retrieval.feature_io import load_features
+
+    data_root = tmp_path / "datasets"
+    make_tree(data_root, layout="sketchy", **TINY_TREE)
+    feats = {}
+    for name, extra in (("plain", []), ("fast", ["--channels_last", "--gpu_normalize"])):
+        run_dir = tmp_path / name
+        make_checkpoint(run_dir, "sketchy/zeroshot1", n_seen=3)
+        code, _, err = run("test_sketchy_ext_zeroshot.py", "--resume_dir", run_dir, "--data_root", data_root,
+                           "--mode", "1", "--no_figures", *SMALL, *extra, monkeypatch=monkeypatch, capsys=capsys)
+        assert code == 0, err
+        feats[name] = load_features(run_dir / "features_zero.pickle")
+        sidecar = json.loads((run_dir / "features_zero.json").read_text())
+        assert sidecar["extraction"] == {"amp": False, "channels_last": bool(extra), "gpu_normalize": bool(extra)}
+    np.testing.assert_allclose(feats["fast"].gallery, feats["plain"].gallery, atol=1e-5)
+    np.testing.assert_allclose(feats["fast"].query, feats["plain"].query, atol=1e-5)
 
 
 def test_features_file_needs_no_checkpoint_or_model(tmp_path, monkeypatch, capsys):
