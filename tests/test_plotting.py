@@ -95,6 +95,19 @@ def test_pr_curves(tmp_path: Path, curves: dict) -> None:
     assert _png_size(tmp_path / "pr.png") == (560, 460)
 
 
+def test_long_chart_title_is_wrapped_not_cut(tmp_path: Path) -> None:
+    """A title wider than the chart breaks into lines: no ink touches the picture's left or right edge."""
+    curves = {"one-to-one": (np.linspace(0, 1, 5), np.linspace(1, 0.2, 5))}
+    title = "demo (generated shapes, run with the sketchy/zeroshot1 scripts): mean interpolated precision"
+    plot_pr_curves(curves, tmp_path / "long.png", title)
+    plot_pr_curves(curves, tmp_path / "short.png", "short")
+    with Image.open(tmp_path / "long.png") as img:
+        band = np.asarray(img.convert("L"))[:60]
+    assert band[:, :4].min() > 200 and band[:, -4:].min() > 200
+    inked_rows = np.flatnonzero(band[:, 20:-20].min(axis=1) < 128)
+    assert inked_rows.max() - inked_rows.min() > 25          # two lines of title text
+
+
 def _solid(path: Path, colour: tuple[int, int, int]) -> Path:
     Image.new("RGB", (40, 40), colour).save(path)
     return path

@@ -47,6 +47,17 @@ def _text_size(draw: ImageDraw.ImageDraw, text: str, font: Font) -> tuple[int, i
     return right - left, bottom - top
 
 
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Font, max_width: int) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``max_width`` (a single long word stays whole)."""
+    lines: list[str] = []
+    for word in (text or "").split(" "):
+        if lines and _text_size(draw, f"{lines[-1]} {word}", font)[0] <= max_width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
 def _text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font: Font,
           anchor: str = "mm", fill: tuple[int, ...] = TEXT_COLOUR) -> None:
     """Draw text aligned by ``anchor`` (h in l/m/r, v in t/m/b) on its ink box.
@@ -211,8 +222,11 @@ def _draw_chart(img: Image.Image, box: tuple[int, int, int, int], series: Series
     x_axis = _linear_axis(np.concatenate([all_x, np.asarray(x_extent, dtype=np.float64)]), xlim, integer_x, pad=False)
     y_axis = _log_axis(all_y) if log_y and ylim is None else _linear_axis(all_y, ylim, False, pad=True)
 
-    _text(draw, ((x0 + x1) / 2, y0 + 8), title, f_title, anchor="mt")
-    title_h = _text_size(draw, title or "Ag", f_title)[1] + 18
+    title_lines = _wrap(draw, title, f_title, width - 16)
+    line_h = _text_size(draw, "Ag", f_title)[1]
+    for i, line in enumerate(title_lines):
+        _text(draw, ((x0 + x1) / 2, y0 + 8 + i * (line_h + 4)), line, f_title, anchor="mt")
+    title_h = len(title_lines) * (line_h + 4) - 4 + 18
     tick_w = max((_text_size(draw, s, f_tick)[0] for s in y_axis.labels), default=0)
     tick_h = _text_size(draw, "0123456789", f_tick)[1]
     label_h = _text_size(draw, "Ag", f_label)[1]
