@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
     p.add_argument("--batch_size", type=int, default=32, help="photos per batch when embedding a gallery")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="image loader workers")
+    p.add_argument("--no_compile", action="store_true",
+                   help="run queries eagerly (by default the query forward pass is compiled at start, once)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p
 
@@ -90,6 +92,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     searcher = load_searcher(Path(args.resume_dir), args.gallery, Path(args.data_root),
                              Path(args.checkpoint) if args.checkpoint else None, device,
                              args.batch_size, args.workers)
+    if not args.no_compile:
+        print("compiling the query path (once, some tens of seconds; --no_compile skips it)", flush=True)
+        why_not = searcher.compile_queries()
+        if why_not:
+            print(f"note: queries run eagerly ({why_not})")
     info = searcher.info()
     print(f"gallery: {info['gallery']['source']}")
     otm = info["one_to_many"]

@@ -116,15 +116,36 @@ class SketchSearcher:
         self.checkpoint = checkpoint
         self.stroke_width = stroke_width
         self._lock = threading.Lock()     # one query at a time on the model: predictable latency, no oversubscription
+        self._forward = self.student.embed
+        self.compiled = False
         if one_to_many is not None:
             one_to_many.start(self.features)
+
+    def compile_queries(self) -> str:
+        """Compile the query forward pass (torch.compile with frozen weights: the elementwise work fused, the
+        weights pre-packed; about a quarter less time per query on a 2-core CPU, the same features to float
+        rounding). Takes tens of seconds once. Returns "" when compiled, else why it stays eager."""
+        try:
+            import torch._inductor.config as inductor_config
+
+            inductor_config.freezing = True           # weights are constants of the compiled graph
+            compiled = torch.compile(self.student.embed, dynamic=False)
+            probe = torch.zeros(1, 3, self.img_size, self.img_size, device=self.device)
+            with torch.inference_mode():
+                reference, got = self.student.embed(probe), compiled(probe)
+            if not torch.allclose(reference, got, atol=1e-4, rtol=1e-4):
+                return "the compiled forward pass disagreed with the eager one"
+        except Exception as exc:  # noqa: BLE001 - no compiler, unsupported platform: eager still works
+            return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        self._forward, self.compiled = compiled, True
+        return ""
 
     # ------------------------------------------------------------------------------------------ queries
     def embed(self, img: Image.Image) -> torch.Tensor:
         """The student's L2-normalised feature of one RGB image: (1, D) float32 on the device."""
         x = self.transform(img).unsqueeze(0).to(self.device)
         with torch.inference_mode():
-            return self.student.embed(x).float()
+            return self._forward(x).float()
 
     def rank(self, query: torch.Tensor, k: int, one_to_many: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(gallery indices, distances) of the ``k`` closest photos to one query feature."""

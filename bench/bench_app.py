@@ -119,14 +119,15 @@ def concurrent(searcher: SketchSearcher, n: int, k: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="convnextv2_tiny")
-    p.add_argument("--img_size", type=int, default=224)
+    p.add_argument("--model", default="convnextv2_tiny", help="timm model")
+    p.add_argument("--img_size", type=int, default=224, help="input size")
     p.add_argument("--gallery", type=int, default=SKETCHY_ZERO_PHOTOS, help="gallery size")
     p.add_argument("--queries", type=int, default=30, help="timed queries (after 3 warm-up queries)")
-    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--k", type=int, default=20, help="results per query")
     p.add_argument("--concurrent", type=int, default=50, help="concurrent requests on the real server (0: skip)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--spin", action="store_true", help="leave OMP_WAIT_POLICY unset (OpenMP threads spin while idle)")
+    p.add_argument("--no_compile", action="store_true", help="eager queries (search_app.py --no_compile)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -135,6 +136,11 @@ def main() -> None:
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     searcher = make_searcher(args.model, args.img_size, args.gallery)
+    if not args.no_compile:
+        start = time.perf_counter()
+        why_not = searcher.compile_queries()
+        print(f"query path compiled in {time.perf_counter() - start:.1f} s" if not why_not
+              else f"query path eager: {why_not}")
     queries = [sketch_png(i) for i in range(args.queries)]
     latency(searcher, [sketch_png(10_000 + i) for i in range(3)], args.k)       # warm-up
     for name, seconds in latency(searcher, queries, args.k).items():

@@ -332,6 +332,30 @@ def test_one_to_many_at_the_selected_m_k(run, trained, tmp_path):
     np.testing.assert_allclose([r["distance"] for r in body["results"]], np.sort(blended), atol=1e-4)
 
 
+def test_compiled_query_path_ranks_as_the_eager_one(run, trained, monkeypatch):
+    """search_app.py compiles the query forward pass: the same features (to float rounding) and the same
+    ranking; where compiling fails, the searcher says why and stays eager."""
+    from app.searcher import SketchSearcher
+
+    searcher = run[0]
+    compiled = SketchSearcher(trained.student, trained.config, searcher.gallery, searcher.device)
+    assert compiled.compile_queries() == "" and compiled.compiled
+    for seed in (1, 2):
+        img = Image.open(io.BytesIO(drawing(seed))).convert("RGB")
+        torch.testing.assert_close(compiled.embed(img), searcher.embed(img), atol=1e-5, rtol=1e-5)
+        got, want = compiled.search(drawing(seed), 8)["results"], searcher.search(drawing(seed), 8)["results"]
+        assert [r["index"] for r in got] == [r["index"] for r in want]
+        np.testing.assert_allclose([r["distance"] for r in got], [r["distance"] for r in want], atol=1e-5)
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    eager = SketchSearcher(trained.student, trained.config, searcher.gallery, searcher.device)
+    assert "no C++ compiler" in eager.compile_queries() and not eager.compiled
+    assert eager.search(drawing(1), 8)["results"] == searcher.search(drawing(1), 8)["results"]
+
+
 def test_selected_m_k_of_other_weights_is_not_offered(tmp_path):
     """results.json records the weights of its features (provenance.features.student_sha256): a selection
     computed with other weights than the checkpoint's is not used; the same weights are."""
