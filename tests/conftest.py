@@ -16,3 +16,14 @@ torch.set_num_threads(2)
 @pytest.fixture
 def repo_root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """A small generated Sketchy-layout tree (3 seen classes x 8 sketches + 8 photos), one per test module;
+    modules that need another size define their own ``tree``."""
+    from tests.fixtures import make_tree
+
+    root = tmp_path_factory.mktemp("data")
+    make_tree(root, "sketchy", sketches=8, photos=8)
+    return root

@@ -17,7 +17,6 @@ from data.transforms import test_transform as eval_transform
 from engine.extract import extract_features
 from engine.train import Trainer, build_parser, choose_setting, seed_epoch
 from models import build_student
-from tests.fixtures import make_tree
 from utils.distributed import DistInfo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,13 +100,6 @@ def test_device_normalisation_gives_the_released_values_and_draws():
         assert raw.dtype == torch.uint8
         assert torch.equal(normalize_on_device(raw[None])[0], released)
         assert torch.equal(after_raw, after_released)   # the same random draws were consumed
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_tree(root, "sketchy", sketches=8, photos=8)
-    return root
 
 
 def _first_batch(tree, savedir, *extra):

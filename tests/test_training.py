@@ -29,13 +29,6 @@ def _args(data_root, savedir, *extra, dataset="sketchy"):
     return build_parser(setting, dataset).parse_args(argv), setting
 
 
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_tree(root, "sketchy", sketches=8, photos=8)
-    return root
-
-
 def _snapshot(module):
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
