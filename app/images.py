@@ -11,10 +11,11 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from data.dataset import ListDataset
+from data.images import to_rgb
 from utils.errors import UserError
 
 MAX_QUERY_BYTES = 10 * 1024 * 1024
@@ -46,12 +47,7 @@ def decode_query(data: bytes) -> Image.Image:
                               "is accepted")
     try:
         img.load()
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            img = Image.alpha_composite(white, rgba)
-        img = img.convert("RGB")
+        img = to_rgb(img, alpha_background=(255, 255, 255))   # as every image is read, transparency on white
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise QueryError(415, f"the image cannot be decoded ({' '.join(str(exc).split()) or 'truncated'})") from None
     if all(hi - lo < BLANK_RANGE for lo, hi in img.getextrema()):

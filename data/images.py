@@ -32,13 +32,21 @@ from PIL import Image, ImageOps
 _WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image, alpha_background: tuple[int, int, int] | None = None) -> Image.Image:
     """An opened image as ``cv2.imread(IMREAD_COLOR)`` (then BGR->RGB) would give it: EXIF orientation
-    applied, 8-bit RGB, alpha dropped (not composited)."""
+    applied, 8-bit RGB, alpha dropped (not composited).
+
+    ``alpha_background``: composite transparent pixels onto this colour instead of dropping the alpha (the
+    sketch-search app does so for uploaded queries, whose transparent paper would otherwise turn black).
+    """
     try:
         img = ImageOps.exif_transpose(img)
     except (ValueError, TypeError, KeyError, SyntaxError, struct.error):
         pass                          # unreadable EXIF: OpenCV ignores it too and keeps the stored orientation
+    has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+    if alpha_background is not None and has_alpha:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (*alpha_background, 255)), rgba).convert("RGB")
     if img.mode in _WIDE_GREY_MODES:
         grey = (np.asarray(img).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
         return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2), "RGB")

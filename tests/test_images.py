@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from data.dataset import ListDataset
-from data.images import read_rgb
+from data.images import read_rgb, to_rgb
 from utils.plotting import _tile
 
 ORIENTATION = 0x0112
@@ -121,3 +121,19 @@ def test_same_pixels_as_opencv_when_installed(tmp_path, make):
     ours = np.asarray(read_rgb(path)).astype(int)
     assert ours.shape == theirs.shape
     assert np.abs(ours - theirs).max() <= (3 if path.suffix == ".jpg" else 0)   # JPEG decoders may differ by 1-2
+
+
+def test_alpha_is_dropped_unless_a_background_is_named():
+    """Like cv2.imread, the alpha is dropped (transparent black stays black); the app's queries name white
+    paper instead, and a half-transparent black stroke then blends halfway."""
+    rgba = np.zeros((2, 2, 4), dtype=np.uint8)
+    rgba[0, 0] = (0, 0, 0, 0)          # transparent paper
+    rgba[0, 1] = (0, 0, 0, 255)        # opaque ink
+    rgba[1, 0] = (0, 0, 0, 128)        # half-transparent ink
+    rgba[1, 1] = (200, 10, 10, 255)
+    img = Image.fromarray(rgba, "RGBA")
+    dropped = np.asarray(to_rgb(img))
+    assert dropped[0, 0].tolist() == [0, 0, 0] and dropped[1, 1].tolist() == [200, 10, 10]
+    on_white = np.asarray(to_rgb(img, alpha_background=(255, 255, 255)))
+    assert on_white[0, 0].tolist() == [255, 255, 255] and on_white[0, 1].tolist() == [0, 0, 0]
+    assert 120 <= on_white[1, 0, 0] <= 135 and on_white[1, 1].tolist() == [200, 10, 10]
