@@ -20,6 +20,7 @@ from app.images import find_photos
 from data.lists import parse_list_file, read_class_file
 from data.registry import get_setting, resolve_paths
 from retrieval.feature_io import FEATURES_FILE, load_features
+from retrieval.run_folder import zero_lists
 from utils.checkpoint import atomic_write
 from utils.errors import UserError
 from utils.provenance import read_sidecar
@@ -53,17 +54,18 @@ class Gallery:
         return self.class_names[int(self.labels[index])] if self.labelled else None
 
 
-def features_file_usable(path: Path, weights_sha256: str, n_photos: int) -> bool:
+def features_file_usable(path: Path, weights_sha256: str, n_photos: int, lists: Optional[dict] = None) -> bool:
     """May ``features_zero.pickle`` serve this checkpoint's zero gallery?
 
-    Yes when its provenance sidecar names these weights; a file without a sidecar (older runs, the
-    authors' files) is trusted when its gallery has exactly as many rows as the photo list.
+    Yes when its provenance sidecar names these weights and (``lists``: the zero lists' fingerprints now)
+    the same list files, the test scripts' rule; a file without a sidecar (older runs, the authors' files)
+    is trusted when its gallery has exactly as many rows as the photo list.
     """
     if not path.is_file():
         return False
     sidecar = read_sidecar(path)
     if sidecar is not None:
-        return sidecar.get("student_sha256") == weights_sha256
+        return sidecar.get("student_sha256") == weights_sha256 and (lists is None or sidecar.get("lists") == lists)
     return len(load_features(path).gallery) == n_photos
 
 
@@ -174,7 +176,7 @@ def zero_gallery(setting_name: str, data_root: Path, resume_dir: Path, weights_s
     photo_list = paths.list_file("photo_zero")
     rel_paths, labels = parse_list_file(photo_list, len(class_names), paths.zero_class_file)
     features_file = resume_dir / FEATURES_FILE
-    if features_file_usable(features_file, weights_sha256, len(rel_paths)):
+    if features_file_usable(features_file, weights_sha256, len(rel_paths), zero_lists(paths)):
         features = load_features(features_file).gallery
         if len(features) == len(rel_paths):
             return Gallery("zero", paths.root, list(rel_paths), features, labels, class_names,

@@ -187,6 +187,11 @@ def test_features_file_is_used_only_for_its_own_checkpoint(tmp_path):
     assert features_file_usable(features, weights, 9)          # the sidecar decides
     assert not features_file_usable(features, "b" * 64, 8)
     assert not features_file_usable(tmp_path / "absent.pickle", weights, 8)
+    lists = {"photo_zero": {"file": "p.txt", "lines": 8, "sha256": "c" * 64}}
+    write_sidecar(features, {"student_sha256": weights, "lists": lists})
+    assert features_file_usable(features, weights, 8, lists)
+    changed = {"photo_zero": {**lists["photo_zero"], "sha256": "d" * 64}}      # the zero list was edited since
+    assert not features_file_usable(features, weights, 8, changed)
 
 
 def test_zero_gallery_reads_a_matching_features_file(run, trained, tmp_path):
@@ -197,7 +202,11 @@ def test_zero_gallery_reads_a_matching_features_file(run, trained, tmp_path):
     fake /= np.linalg.norm(fake, axis=1, keepdims=True)
     save_features(FeatureSet(fake, np.zeros(8, np.int64), fake[:2], np.zeros(2, np.int64)),
                   other / "features_zero.pickle")
-    write_sidecar(other / "features_zero.pickle", {"student_sha256": trained.weights_sha256})
+    from data.registry import get_setting, resolve_paths
+    from retrieval.run_folder import zero_lists
+
+    lists = zero_lists(resolve_paths(get_setting(SETTING), data_root))   # as the test scripts' sidecars record
+    write_sidecar(other / "features_zero.pickle", {"student_sha256": trained.weights_sha256, "lists": lists})
     used = build_searcher(trained, other, "zero", data_root)
     np.testing.assert_array_equal(used.gallery.features, fake)
     assert "features from" in used.gallery.source
