@@ -150,19 +150,18 @@ def check_lists(setting: Setting, paths: SettingPaths, lists_cell: Cell, counts_
 
 # ----------------------------------------------------------------------------------------------- images
 def decode_problem(path: str) -> Optional[str]:
-    """None when the file exists and decodes completely, else why not."""
-    from PIL import Image, UnidentifiedImageError
+    """None when the file exists and decodes completely (with the reader training uses), else why not."""
+    from data.images import read_problem, read_rgb
 
     try:
-        with Image.open(path) as img:
-            img.load()
+        read_rgb(path)
         return None
-    except FileNotFoundError:
-        return "does not exist"
-    except UnidentifiedImageError:
-        return "cannot be decoded: not an image Pillow can read"
-    except (OSError, SyntaxError, ValueError) as exc:
-        return f"cannot be decoded: {exc}"
+    except Exception as exc:  # noqa: BLE001 - read_problem says which failures are the image's
+        problem = read_problem(exc)
+        if problem is None:
+            raise
+        what, detail = problem
+        return f"{what}: {detail}" if detail else what
 
 
 def _decode_chunk(paths: Sequence[str]) -> list[Optional[str]]:

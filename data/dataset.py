@@ -6,10 +6,10 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
-from data.images import read_rgb
+from data.images import read_problem, read_rgb
 from data.lists import parse_list_file
 from data.registry import VAL_FRACTION  # noqa: F401  (the default hold-out fraction, used with holdout_indices)
 from utils.errors import UserError
@@ -50,14 +50,13 @@ class ListDataset(Dataset):
         path = self.root / self.paths[index]
         try:
             return read_rgb(path)
-        except FileNotFoundError:
-            raise UserError(f"image {path} does not exist ({self.list_file}, line {self.line_numbers[index]})") from None
-        except UnidentifiedImageError:
-            raise UserError(f"image {path} cannot be decoded ({self.list_file}, line "
-                            f"{self.line_numbers[index]}): not an image Pillow can read") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise UserError(f"image {path} cannot be decoded ({self.list_file}, line "
-                            f"{self.line_numbers[index]}): {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - read_problem says which failures are the image's
+            problem = read_problem(exc)
+            if problem is None:
+                raise
+            what, detail = problem
+            raise UserError(f"image {path} {what} ({self.list_file}, line {self.line_numbers[index]})"
+                            + (f": {detail}" if detail else "")) from None
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         img = self.load_image(index)

@@ -26,7 +26,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Pillow modes holding more than 8 bits per grey sample (16-bit PNGs open as one of these)
 _WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -63,3 +63,15 @@ def read_rgb(path: str | Path) -> Image.Image:
     with Image.open(path) as img:
         img.load()
         return to_rgb(img)
+
+
+def read_problem(exc: BaseException) -> tuple[str, str] | None:
+    """What a :func:`read_rgb` failure means, for messages: ("does not exist", "") or ("cannot be decoded",
+    the detail); None when ``exc`` is not an image-reading failure."""
+    if isinstance(exc, FileNotFoundError):
+        return "does not exist", ""
+    if isinstance(exc, UnidentifiedImageError):
+        return "cannot be decoded", "not an image Pillow can read"
+    if isinstance(exc, (OSError, SyntaxError, ValueError)):
+        return "cannot be decoded", str(exc)
+    return None
