@@ -18,15 +18,15 @@ from typing import Optional, Sequence
 # bench/bench_app.py measured a query 7x slower with spinning. Read when torch loads, so set before that.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from utils.cli import ArgumentParser  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 
 CHECKPOINT_FILE = "model_best.pth.tar"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Sketch search web app: draw (or upload) a sketch and get the closest "
-                                            "photos of a gallery, ranked by a trained SBKA student.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description="Sketch search web app: draw (or upload) a sketch and get the closest "
+                                   "photos of a gallery, ranked by a trained SBKA student.")
     p.add_argument("--resume_dir", required=True, help=f"the run directory (holds {CHECKPOINT_FILE}; "
                                                        "the gallery cache is written there)")
     p.add_argument("--checkpoint", default=None, help=f"student checkpoint (default: <resume_dir>/{CHECKPOINT_FILE})")

@@ -37,6 +37,7 @@ from app.gallery import Gallery  # noqa: E402
 from app.images import decode_query  # noqa: E402
 from app.searcher import SketchSearcher  # noqa: E402
 from models import build_student  # noqa: E402
+from utils.cli import ArgumentParser
 
 SKETCHY_ZERO_PHOTOS = 17_101
 
@@ -118,7 +119,7 @@ def concurrent(searcher: SketchSearcher, n: int, k: int) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="convnextv2_tiny", help="timm model")
     p.add_argument("--img_size", type=int, default=224, help="input size")
     p.add_argument("--gallery", type=int, default=SKETCHY_ZERO_PHOTOS, help="gallery size")

@@ -44,6 +44,7 @@ import torch  # noqa: E402
 from bench_metrics import class_structured  # noqa: E402
 from bench_train import TrainStep, sync, synthetic_batch, time_steps  # noqa: E402
 from gpu_report import Report, Section  # noqa: E402
+from utils.cli import ArgumentParser
 
 SETTING = "sketchy/zeroshot1"
 # METHOD.md section 1 (Sketchy Ext, zeroshot1) and section 4 (20 epochs, warm-up epochs 0..9, 489 steps of 210)
@@ -811,8 +812,7 @@ MIN_LEFT = {"train": 60, "numerics": 10, "profile": 10, "loader": 20, "e2e": 40,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="folder for gpu_report.json / gpu_report.md (and work files)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes on any device (CI): checks the script, measures nothing")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")

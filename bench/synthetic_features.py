@@ -17,10 +17,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_metrics import class_structured  # noqa: E402
 from retrieval.feature_io import FEATURES_FILE, save_features  # noqa: E402
+from utils.cli import ArgumentParser
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out_dir", type=Path, help=f"receives {FEATURES_FILE}")
     p.add_argument("--queries", type=int, default=300)
     p.add_argument("--gallery", type=int, default=1500)

@@ -23,6 +23,7 @@ import numpy as np
 from data.lists import parse_list_file, read_class_file
 from data.registry import REQUIRED_ROLES, SETTINGS, Setting, SettingPaths, get_setting, resolve_paths
 from utils.errors import UserError, run_cli
+from utils.cli import ArgumentParser
 
 # Line counts of the public packages' list files (METHOD.md section 1); None = not published exactly.
 PUBLIC_LIST_SIZES: dict[str, dict[str, int]] = {
@@ -378,17 +379,17 @@ def format_details(rows: dict[str, dict[str, Cell]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m data.check",
-        description="Check the unpacked datasets, the pretrained checkpoint and feature files before training.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Check the unpacked datasets, the pretrained checkpoint and feature files before training.")
     p.add_argument("--data_root", default="datasets", help="folder holding Sketchy/, TUBerlin/, QuickDraw/")
     p.add_argument("--setting", nargs="+", choices=sorted(SETTINGS), default=None,
                    help="settings to check (default: every setting whose dataset folder exists)")
     p.add_argument("--pretrained", default=DEFAULT_PRETRAINED, help="official ConvNeXt-V2 checkpoint ('none': skip)")
     p.add_argument("--model", default="convnextv2_tiny", help="timm model the checkpoint must load into")
     p.add_argument("--runs", default="checkpoint", help="run folders; features_zero.pickle files under them are checked")
-    p.add_argument("--quick", action="store_true", help=f"decode a seeded {QUICK_FRACTION:.0%} sample of each list")
+    p.add_argument("--quick", action="store_true",
+                   help=f"decode a seeded {QUICK_FRACTION * 100:g} %% sample of each list")
     p.add_argument("--seed", type=int, default=0, help="seed of the --quick sample")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes (0: in this process)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")

@@ -22,6 +22,7 @@ from typing import Any, Optional, Sequence
 from data.registry import SETTINGS
 from utils.checkpoint import atomic_write
 from utils.errors import UserError, run_cli
+from utils.cli import ArgumentParser
 
 RESULTS_FILE = "results.json"
 PUBLISHED_CSV = Path(__file__).with_name("published_results.csv")
@@ -264,9 +265,8 @@ def csv_table(rows: list[Row]) -> str:
 
 # ----------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m retrieval.tables",
-                                description="Assemble the paper's table from the test scripts' results.json files.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog="python -m retrieval.tables",
+                       description="Assemble the paper's table from the test scripts' results.json files.")
     p.add_argument("--runs", default="checkpoint", help=f"folder searched (recursively) for {RESULTS_FILE}")
     p.add_argument("--out", default=None, help="where table.md, table.tex, table.csv go (default: --runs)")
     p.add_argument("--per_query", action="store_true",

@@ -3,16 +3,19 @@ the permissions of the files it writes."""
 import argparse
 import io
 import os
+import runpy
 import stat
+from pathlib import Path
 
 import pytest
 from tqdm import tqdm
 
+from data import check as data_check
 from data import demo as data_demo
 from data.registry import SETTINGS
 from engine import demo as engine_demo
 from engine import train
-from retrieval import evaluate
+from retrieval import evaluate, tables
 from utils.checkpoint import atomic_write
 from utils.cli import ArgumentParser, explicit_flags
 from utils.progress import LineProgress, progress
@@ -25,6 +28,12 @@ def _parsers():
         yield f"test {name}", evaluate.build_parser(setting)
     yield "engine.demo", engine_demo.build_parser()
     yield "data.demo", data_demo.build_parser()
+    yield "data.check", data_check.build_parser()
+    yield "retrieval.tables", tables.build_parser()
+    environ = dict(os.environ)                  # the app's module sets OMP_WAIT_POLICY for its own process
+    yield "search_app.py", runpy.run_path(str(Path(__file__).resolve().parent.parent / "search_app.py"))["build_parser"]()
+    os.environ.clear()
+    os.environ.update(environ)
 
 
 PARSERS = dict(_parsers())
