@@ -2,6 +2,7 @@
 
     python search_app.py --resume_dir checkpoint/demo --data_root datasets/Demo
     python search_app.py --resume_dir RUN --gallery ~/Pictures
+    python search_app.py --resume_dir RUN --queries SKETCHES --gallery zero --k 20 --out OUT   # batch, no server
 
 Needs the optional extras: ``pip install -r requirements-app.txt`` (``make app`` does it).
 """
@@ -42,8 +43,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="image loader workers")
     p.add_argument("--no_compile", action="store_true",
                    help="run queries eagerly (by default the query forward pass is compiled at start, once)")
+    batch = p.add_argument_group("batch mode (no server): rank a folder of query sketches, write CSV/JSON/HTML")
+    batch.add_argument("--queries", default=None,
+                       help="folder of query sketches (searched recursively; DIR/<class>/* gives them labels)")
+    batch.add_argument("--out", default=None, help="folder receiving results.csv, results.json and index.html")
+    batch.add_argument("--k", type=int, default=20, help="photos kept per query")
+    batch.add_argument("--chunk", type=int, default=1024, help="queries per distance block (bounds memory)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p
+
+
+def batch_main(args: argparse.Namespace) -> None:
+    """``--queries``: the batch search (app/batch.py), without a server or the app's web extras."""
+    if args.out is None:
+        raise UserError("--queries needs --out FOLDER to receive results.csv, results.json and index.html")
+    if args.batch_size < 1 or args.workers < 0:
+        raise UserError("--batch_size must be at least 1 and --workers 0 or more")
+    from app.batch import batch_search
+    from engine.trained_run import TrainedRun
+
+    run = TrainedRun.load(args.resume_dir, args.checkpoint, args.device, args.batch_size, args.workers)
+    batch_search(run, Path(args.resume_dir), Path(args.queries), args.gallery, Path(args.data_root), args.k,
+                 Path(args.out), args.chunk)
 
 
 def check_port(host: str, port: int) -> None:
@@ -72,6 +93,10 @@ def is_loopback(host: str) -> bool:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.queries is not None:
+        return batch_main(args)
+    if args.out is not None:
+        raise UserError("--out is for the batch mode: add --queries FOLDER (or leave --out out to start the app)")
     try:
         import uvicorn
 

@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from app.images import find_photos
+from app.images import class_folder_labels, find_photos
 from data.lists import parse_list_file, read_class_file
 from data.registry import get_setting, resolve_paths
 from retrieval.feature_io import FEATURES_FILE, load_features
@@ -153,7 +153,8 @@ def embed_with_cache(root: Path, rel_paths: Sequence[str], cache: Path, weights_
 
 
 def folder_gallery(folder: Path, resume_dir: Path, weights_sha256: str, embed: EmbedFn) -> Gallery:
-    """Every JPEG/PNG/WebP under ``folder``, unlabelled."""
+    """Every JPEG/PNG/WebP under ``folder``; labelled by class folder when every photo lies in one
+    (``folder/<class>/...``)."""
     if not folder.is_dir():
         raise UserError(f"--gallery {folder} is neither 'zero' nor a folder")
     rel_paths = find_photos(folder)
@@ -165,7 +166,12 @@ def folder_gallery(folder: Path, resume_dir: Path, weights_sha256: str, embed: E
              f"{len(done.paths) - done.reused} embedded"
     if done.skipped:
         source += f"; {len(done.skipped)} unreadable photo(s) left out, first {done.skipped[0]}"
-    return Gallery("folder", folder, done.paths, done.features, source=source)
+    labelled = class_folder_labels(done.paths)
+    if labelled is None:
+        return Gallery("folder", folder, done.paths, done.features, source=source)
+    labels, class_names = labelled
+    source += f"; labelled by their {len(class_names)} class folders"
+    return Gallery("folder", folder, done.paths, done.features, labels, class_names, source)
 
 
 def zero_gallery(setting_name: str, data_root: Path, resume_dir: Path, weights_sha256: str,

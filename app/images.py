@@ -1,18 +1,16 @@
 """Reading images for the app: the uploaded query (checked before it is decoded) and the gallery photos.
 
-Gallery photos are read the way every other image of the project is read (``ListDataset``); when that
-reader changes, :func:`gallery_dataset` and :func:`read_photo` follow it.
+Gallery photos are read the way every other image of the project is read (``ListDataset``; embedded through
+``engine.trained_run``); when that reader changes, :func:`read_photo` follows it.
 """
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
 
 from data.dataset import ListDataset
 from data.images import to_rgb
@@ -67,27 +65,15 @@ def find_photos(folder: Path) -> list[str]:
     return sorted(found)
 
 
-class _Tolerant(Dataset):
-    """Items (image tensor, index); an unreadable photo gives a zero tensor and index -1 instead of an error."""
-
-    def __init__(self, dataset: ListDataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        try:
-            return self.dataset[index][0], index
-        except UserError:
-            blank = Image.new("RGB", (8, 8))
-            return (self.dataset.transform(blank) if self.dataset.transform else torch.zeros(3, 8, 8)), -1
-
-
-def gallery_dataset(root: Path, rel_paths: Sequence[str], transform: Optional[Callable]) -> Dataset:
-    """The photos as a dataset of (tensor, index), index -1 for a photo that cannot be read."""
-    labels = np.arange(len(rel_paths), dtype=np.int64)
-    return _Tolerant(ListDataset(root, rel_paths, labels, transform, list_file=str(root)))
+def class_folder_labels(rel_paths: Sequence[str]) -> Optional[tuple[np.ndarray, list[str]]]:
+    """(int64 labels, sorted class names) when every path lies in a class folder (``<class>/...``, the top
+    folder names the class), else None."""
+    tops = [rel.split("/", 1)[0] if "/" in rel else None for rel in rel_paths]
+    if not tops or None in tops:
+        return None
+    names = sorted(set(tops))
+    index = {name: i for i, name in enumerate(names)}
+    return np.array([index[t] for t in tops], dtype=np.int64), names
 
 
 def read_photo(root: Path, rel_path: str) -> Image.Image:

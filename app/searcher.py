@@ -6,7 +6,6 @@ distance as in evaluation, or by the one-to-many blend at the (M, K) the run's `
 """
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,16 +17,13 @@ import torch
 from PIL import Image
 
 from app.gallery import Gallery, folder_gallery, zero_gallery
-from app.images import QueryError, decode_query, gallery_dataset
+from app.images import QueryError, decode_query
 from data.demo import MARKER_FILE
-from data.transforms import test_transform
-from engine.extract import extract_features
-from models import load_student_checkpoint
+from engine.trained_run import TrainedRun, selected_one_to_many  # noqa: F401  (selected_one_to_many: the app's rule)
 from retrieval.cluster_matching import DEFAULT_ALPHA, check_pq_shape
 from retrieval.distances import squared_norms
 from retrieval.search import MatchingCodes, rank
 from utils.errors import UserError
-from utils.provenance import state_dict_sha256
 
 MAX_K = 200
 DEFAULT_K = 20
@@ -69,76 +65,35 @@ class OneToMany:
         return self.status == "ready"
 
 
-def selected_one_to_many(resume_dir: Path, weights_sha256: str) -> tuple[Optional[tuple[int, int, float]], str]:
-    """The (M, K, alpha) that the run's ``results.json`` selected, or None and why none is offered."""
-    path = resume_dir / "results.json"
-    if not path.is_file():
-        return None, f"no {path}"
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-        otm = results.get("one_to_many") or {}
-        selected = otm.get("selected")
-    except (OSError, ValueError, AttributeError):
-        return None, f"{path} is unreadable"
-    provenance = results.get("provenance") if isinstance(results, dict) else None
-    features = provenance.get("features") if isinstance(provenance, dict) else None
-    recorded = features.get("student_sha256") if isinstance(features, dict) else None
-    if recorded is not None and recorded != weights_sha256:
-        return None, f"{path} was computed with other weights than the checkpoint"
-    if not isinstance(selected, dict) or not {"M", "K"} <= set(selected):
-        return None, f"{path} names no selected (M, K) (run the test script in mode 2 with the dataset)"
-    return (int(selected["M"]), int(selected["K"]), float(otm.get("alpha", DEFAULT_ALPHA))), ""
-
-
 class SketchSearcher:
     """Embeds query sketches with the student and ranks the gallery; safe to call from many threads."""
 
-    def __init__(self, student: torch.nn.Module, config: dict[str, Any], gallery: Gallery, device: torch.device,
-                 one_to_many: Optional[OneToMany] = None, no_one_to_many_reason: str = "",
-                 checkpoint: str = "", stroke_width: int = STROKE_WIDTH):
-        self.student = student.eval()
-        self.config = config
-        self.img_size = int(config.get("img_size", 224))
-        self.transform = test_transform(self.img_size)
+    def __init__(self, run: TrainedRun, gallery: Gallery, one_to_many: Optional[OneToMany] = None,
+                 no_one_to_many_reason: str = "", stroke_width: int = STROKE_WIDTH):
+        self.run = run
         self.gallery = gallery
-        self.device = device
-        self.features = torch.from_numpy(np.ascontiguousarray(gallery.features, dtype=np.float32)).to(device)
+        self.device = run.device
+        self.features = torch.from_numpy(np.ascontiguousarray(gallery.features, dtype=np.float32)).to(self.device)
         self.sq_norms = squared_norms(self.features)
         self.one_to_many = one_to_many
         self.no_one_to_many_reason = no_one_to_many_reason
-        self.checkpoint = checkpoint
         self.stroke_width = stroke_width
         self._lock = threading.Lock()     # one query at a time on the model: predictable latency, no oversubscription
-        self._forward = self.student.embed
-        self.compiled = False
         if one_to_many is not None:
             one_to_many.start(self.features)
 
     def compile_queries(self) -> str:
-        """Compile the query forward pass (torch.compile with frozen weights: the elementwise work fused, the
-        weights pre-packed; about a quarter less time per query on a 2-core CPU, the same features to float
-        rounding). Takes tens of seconds once. Returns "" when compiled, else why it stays eager."""
-        try:
-            import torch._inductor.config as inductor_config
+        """Compile the query forward pass (see TrainedRun.compile_queries); "" when compiled, else why not."""
+        return self.run.compile_queries()
 
-            inductor_config.freezing = True           # weights are constants of the compiled graph
-            compiled = torch.compile(self.student.embed, dynamic=False)
-            probe = torch.zeros(1, 3, self.img_size, self.img_size, device=self.device)
-            with torch.inference_mode():
-                reference, got = self.student.embed(probe), compiled(probe)
-            if not torch.allclose(reference, got, atol=1e-4, rtol=1e-4):
-                return "the compiled forward pass disagreed with the eager one"
-        except Exception as exc:  # noqa: BLE001 - no compiler, unsupported platform: eager still works
-            return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-        self._forward, self.compiled = compiled, True
-        return ""
+    @property
+    def compiled(self) -> bool:
+        return self.run.compiled
 
     # ------------------------------------------------------------------------------------------ queries
     def embed(self, img: Image.Image) -> torch.Tensor:
         """The student's L2-normalised feature of one RGB image: (1, D) float32 on the device."""
-        x = self.transform(img).unsqueeze(0).to(self.device)
-        with torch.inference_mode():
-            return self._forward(x).float()
+        return self.run.embed_query(img)
 
     def rank(self, query: torch.Tensor, k: int, one_to_many: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(gallery indices, distances) of the ``k`` closest photos to one query feature."""
@@ -183,9 +138,10 @@ class SketchSearcher:
 
     def info(self) -> dict[str, Any]:
         otm = self.one_to_many
+        run = self.run
         return {
-            "setting": self.config.get("setting"), "model": self.config.get("model"), "img_size": self.img_size,
-            "checkpoint": self.checkpoint, "device": str(self.device),
+            "setting": run.setting, "model": run.config.get("model"), "img_size": run.img_size,
+            "checkpoint": str(run.checkpoint), "device": str(self.device),
             "gallery": {"kind": self.gallery.kind, "size": len(self.gallery), "labelled": self.gallery.labelled,
                         "classes": self.gallery.class_names or [], "source": self.gallery.source},
             "one_to_many": None if otm is None else {"M": otm.m, "K": otm.k, "alpha": otm.alpha, "status": otm.status},
@@ -194,60 +150,54 @@ class SketchSearcher:
         }
 
 
-@dataclass
-class TrainedStudent:
-    """A run's student with its checkpoint config and weights hash."""
-
-    student: torch.nn.Module
-    config: dict[str, Any]
-    weights_sha256: str
-    checkpoint: Path
-    device: torch.device
-
-
-def load_trained_student(checkpoint: Path, device: torch.device = torch.device("cpu")) -> TrainedStudent:
+def load_trained_student(checkpoint: Path, device: torch.device = torch.device("cpu"), batch_size: int = 32,
+                         workers: int = 0, run_dir: Optional[Path] = None) -> TrainedRun:
     if not checkpoint.is_file():
         raise UserError(f"checkpoint {checkpoint} does not exist: train a model first (or `make demo`), or pass "
                         "--resume_dir / --checkpoint")
-    student, config = load_student_checkpoint(checkpoint, device)
-    return TrainedStudent(student, config, state_dict_sha256(student.state_dict()), checkpoint, device)
+    return TrainedRun.load(run_dir or checkpoint.parent, checkpoint, device, batch_size, workers)
 
 
-def build_searcher(trained: TrainedStudent, resume_dir: Path, gallery: str = "zero",
-                   data_root: Path = Path("datasets"), batch_size: int = 32, workers: int = 0) -> SketchSearcher:
-    """The chosen gallery, its features read from files or the cache or embedded, behind a searcher."""
-    student, config, weights, device = trained.student, trained.config, trained.weights_sha256, trained.device
-    transform = test_transform(int(config.get("img_size", 224)))
-
+def app_gallery(run: TrainedRun, resume_dir: Path, gallery: str = "zero", data_root: Path = Path("datasets")
+                ) -> Gallery:
+    """The chosen gallery, its features read from files or the cache or embedded with the run."""
     def embed(root: Path, rel_paths: list[str], desc: str) -> tuple[np.ndarray, np.ndarray]:
-        feats, index = extract_features(student, gallery_dataset(root, rel_paths, transform), device,
-                                        batch_size=batch_size, workers=workers, desc=desc)
-        return feats, index >= 0
+        return run.embed_files(root, rel_paths, desc, skip_unreadable=True)
 
     if gallery == "zero":
-        setting = config.get("setting")
-        if not setting:
-            raise UserError(f"checkpoint {trained.checkpoint} names no dataset setting; pass --gallery FOLDER")
-        chosen = zero_gallery(setting, data_root, resume_dir, weights, embed)
-    else:
-        chosen = folder_gallery(Path(gallery), resume_dir, weights, embed)
-    selected, reason = selected_one_to_many(resume_dir, weights)
-    otm = None
-    if selected is not None:
-        m, k, alpha = selected
-        try:
-            check_pq_shape(chosen.features.shape[1], len(chosen), m, k)
-            otm = OneToMany(m, k, alpha)
-        except UserError as exc:
-            reason = f"M={m}, K={k} do not fit this gallery ({exc})"
+        if not run.setting:
+            raise UserError(f"checkpoint {run.checkpoint} names no dataset setting; pass --gallery FOLDER")
+        return zero_gallery(run.setting, data_root, resume_dir, run.weights_sha256, embed)
+    return folder_gallery(Path(gallery), resume_dir, run.weights_sha256, embed)
+
+
+def one_to_many_offer(run: TrainedRun, resume_dir: Path, gallery: Gallery) -> tuple[Optional[tuple[int, int, float]], str]:
+    """The run's selected (M, K, alpha) when it fits this gallery, or None and why one-to-many is not offered."""
+    selected, reason = selected_one_to_many(resume_dir, run.weights_sha256)
+    if selected is None:
+        return None, reason
+    m, k, _ = selected
+    try:
+        check_pq_shape(gallery.features.shape[1], len(gallery), m, k)
+    except UserError as exc:
+        return None, f"M={m}, K={k} do not fit this gallery ({exc})"
+    return selected, ""
+
+
+def build_searcher(trained: TrainedRun, resume_dir: Path, gallery: str = "zero",
+                   data_root: Path = Path("datasets")) -> SketchSearcher:
+    """The chosen gallery behind a searcher, with one-to-many at the run's selected (M, K) when it fits."""
+    chosen = app_gallery(trained, resume_dir, gallery, data_root)
+    selected, reason = one_to_many_offer(trained, resume_dir, chosen)
+    otm = None if selected is None else OneToMany(*selected)
     demo = gallery == "zero" and (chosen.root / MARKER_FILE).is_file()
-    return SketchSearcher(student, config, chosen, device, otm, reason, str(trained.checkpoint),
-                          DEMO_STROKE_WIDTH if demo else STROKE_WIDTH)
+    return SketchSearcher(trained, chosen, otm, reason, DEMO_STROKE_WIDTH if demo else STROKE_WIDTH)
 
 
 def load_searcher(resume_dir: Path, gallery: str = "zero", data_root: Path = Path("datasets"),
                   checkpoint: Optional[Path] = None, device: torch.device = torch.device("cpu"),
                   batch_size: int = 32, workers: int = 0) -> SketchSearcher:
     """The run's student (``<resume_dir>/model_best.pth.tar`` unless ``checkpoint``) over the chosen gallery."""
-    trained = load_trained_student(checkpoint or resume_dir / "model_best.pth.tar", device)
-    return build_searcher(trained, resume_dir, gallery, data_root, batch_size, workers)
+    trained = load_trained_student(checkpoint or resume_dir / "model_best.pth.tar", device, batch_size, workers,
+                                   resume_dir)
+    return build_searcher(trained, resume_dir, gallery, data_root)

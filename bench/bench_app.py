@@ -36,6 +36,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 from app.gallery import Gallery  # noqa: E402
 from app.images import decode_query  # noqa: E402
 from app.searcher import SketchSearcher  # noqa: E402
+from engine.trained_run import TrainedRun  # noqa: E402
 from models import build_student  # noqa: E402
 from utils.cli import ArgumentParser
 
@@ -63,7 +64,7 @@ def make_searcher(model: str, img_size: int, n_gallery: int) -> SketchSearcher:
     feats /= np.linalg.norm(feats, axis=1, keepdims=True)
     gallery = Gallery("folder", Path("."), [f"photo_{i:05d}.jpg" for i in range(n_gallery)], feats)
     config = {"setting": "sketchy/zeroshot1", "model": model, "img_size": img_size}
-    return SketchSearcher(student, config, gallery, torch.device("cpu"))
+    return SketchSearcher(TrainedRun(student, config, Path("."), torch.device("cpu")), gallery)
 
 
 def ms(seconds: list[float]) -> str:

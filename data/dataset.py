@@ -46,23 +46,53 @@ class ListDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
+    alpha_background: Optional[tuple[int, int, int]] = None      # see data.images.to_rgb
+
+    def where(self, index: int) -> str:
+        """Where an item is named, for messages."""
+        return f" ({self.list_file}, line {self.line_numbers[index]})"
+
     def load_image(self, index: int) -> Image.Image:
         path = self.root / self.paths[index]
         try:
-            return read_rgb(path)
+            return read_rgb(path, self.alpha_background)
         except Exception as exc:  # noqa: BLE001 - read_problem says which failures are the image's
             problem = read_problem(exc)
             if problem is None:
                 raise
             what, detail = problem
-            raise UserError(f"image {path} {what} ({self.list_file}, line {self.line_numbers[index]})"
-                            + (f": {detail}" if detail else "")) from None
+            raise UserError(f"image {path} {what}{self.where(index)}" + (f": {detail}" if detail else "")) from None
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         img = self.load_image(index)
         if self.transform is not None:
             img = self.transform(img)
         return img, int(self.labels[index])
+
+
+
+class ImageFiles(ListDataset):
+    """Image files that no list file names (a folder's photos, the images handed to a trained run), read as
+    every image is: items (image tensor, position). A file that cannot be read is named in a UserError, or
+    with ``skip_unreadable`` becomes a blank image at position -1, for the caller to leave out."""
+
+    def __init__(self, root: str | Path, paths: Sequence[str], transform: Optional[Callable] = None,
+                 alpha_background: Optional[tuple[int, int, int]] = None, skip_unreadable: bool = False):
+        super().__init__(root, paths, np.arange(len(paths)), transform, list_file=str(root))
+        self.alpha_background = alpha_background
+        self.skip_unreadable = skip_unreadable
+
+    def where(self, index: int) -> str:
+        return ""
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        try:
+            return super().__getitem__(index)
+        except UserError:
+            if not self.skip_unreadable:
+                raise
+            blank = Image.new("RGB", (8, 8))
+            return (self.transform(blank) if self.transform else torch.zeros(3, 8, 8)), -1
 
 
 def holdout_indices(labels: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:

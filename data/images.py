@@ -55,14 +55,15 @@ def to_rgb(img: Image.Image, alpha_background: tuple[int, int, int] | None = Non
     return img.convert("RGB")         # L, 1, LA, RGBA, RGBX, CMYK, YCbCr -> RGB; alpha is discarded
 
 
-def read_rgb(path: str | Path) -> Image.Image:
-    """Read ``path`` as 8-bit RGB the way the released loader's ``cv2.imread`` does (see the module doc).
+def read_rgb(path: str | Path, alpha_background: tuple[int, int, int] | None = None) -> Image.Image:
+    """Read ``path`` as 8-bit RGB the way the released loader's ``cv2.imread`` does (see the module doc);
+    ``alpha_background`` as for :func:`to_rgb`.
 
     Raises what ``PIL.Image.open`` raises (FileNotFoundError, UnidentifiedImageError, OSError).
     """
     with Image.open(path) as img:
         img.load()
-        return to_rgb(img)
+        return to_rgb(img, alpha_background)
 
 
 def read_problem(exc: BaseException) -> tuple[str, str] | None:

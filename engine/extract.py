@@ -16,14 +16,14 @@ from utils.errors import UserError
 from utils.progress import progress
 
 
-def load_student_for(setting: Setting, checkpoint: Path, device: torch.device,
+def load_student_for(setting: Optional[Setting], checkpoint: Path, device: torch.device,
                      ckpt: Optional[dict[str, Any]] = None) -> tuple[SBKAStudent, dict[str, Any]]:
     """The trained student of ``checkpoint`` (``ckpt``: its content, when already read); refuses a checkpoint
-    trained for another setting."""
+    trained for another setting than ``setting`` (when given)."""
     student, config = (load_student_checkpoint(checkpoint, device) if ckpt is None
                        else student_from_checkpoint(ckpt, checkpoint, device))
     trained_for = config.get("setting")
-    if trained_for is not None and trained_for != setting.name:
+    if setting is not None and trained_for is not None and trained_for != setting.name:
         raise UserError(f"checkpoint {checkpoint} was trained for {trained_for}, not {setting.name}: "
                         f"pass the right --checkpoint or --resume_dir")
     return student, config

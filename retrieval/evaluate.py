@@ -128,17 +128,19 @@ class StudentSource:
 
     def __init__(self, setting: Setting, checkpoint: Path, info: Optional[CheckpointInfo], device: torch.device):
         self.setting, self.checkpoint, self.info, self.device = setting, checkpoint, info, device
-        self._loaded: Optional[tuple[Any, dict]] = None
+        self._loaded: Any = None
 
     @property
     def available(self) -> bool:
         return self.info is not None
 
-    def get(self) -> tuple[Any, dict]:
+    def get(self) -> Any:
+        """The trained run (engine.trained_run.TrainedRun): the one implementation of extraction."""
         if self._loaded is None:
-            from engine.extract import load_student_for   # lazy: runs on a features file need no timm
+            from engine.trained_run import TrainedRun   # lazy: runs on a features file need no timm
 
-            self._loaded = load_student_for(self.setting, self.checkpoint, self.device, self.info.ckpt)
+            self._loaded = TrainedRun.load(self.checkpoint.parent, self.checkpoint, self.device,
+                                           ckpt=self.info.ckpt, setting=self.setting)
         return self._loaded
 
 
@@ -185,23 +187,19 @@ def dataset_paths(setting: Setting, data_root: str) -> Optional[SettingPaths]:
 def embed_sets(source: StudentSource, gallery: ListDataset, queries: ListDataset,
                args: argparse.Namespace, what: str) -> FeatureSet:
     """Student features of a gallery and a query dataset."""
-    from engine.extract import extract_features
-
-    student, _ = source.get()
+    run = source.get()
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    student.to(memory_format=memory_format)
-    kw = dict(device=source.device, batch_size=args.batch_size, workers=args.workers, amp=args.amp,
+    run.student.to(memory_format=memory_format)
+    kw = dict(batch_size=args.batch_size, workers=args.workers, amp=args.amp,
               on_device_normalize=args.gpu_normalize, memory_format=memory_format)
-    g, gl = extract_features(student, gallery, desc=f"{what} photos", **kw)
-    q, ql = extract_features(student, queries, desc=f"{what} sketches", **kw)
+    g, gl = run.embed_dataset(gallery, desc=f"{what} photos", **kw)
+    q, ql = run.embed_dataset(queries, desc=f"{what} sketches", **kw)
     return FeatureSet(g, gl, q, ql)
 
 
 def image_transform(source: StudentSource, args: argparse.Namespace):
     """The test pre-processing at the checkpoint's input size (up to uint8 with --gpu_normalize)."""
-    from data.transforms import test_transform   # lazy: torchvision is only needed to read images
-
-    return test_transform(int(source.get()[1].get("img_size", 224)), normalize=not args.gpu_normalize)
+    return source.get().transform(normalize=not args.gpu_normalize)
 
 
 def extraction_options(args: argparse.Namespace, device: torch.device) -> dict[str, bool]:

@@ -88,8 +88,8 @@ def test_search_ranks_like_an_independent_euclidean_ranking(run):
     answer = client.post("/api/search?k=8", content=query, headers={"content-type": "image/png"})
     assert answer.status_code == 200, answer.text
     body = answer.json()
-    q = reference_features(searcher.student, [Image.open(io.BytesIO(query))], 32)[0]
-    g = reference_features(searcher.student, gallery_images(searcher), 32)
+    q = reference_features(searcher.run.student, [Image.open(io.BytesIO(query))], 32)[0]
+    g = reference_features(searcher.run.student, gallery_images(searcher), 32)
     dist = np.linalg.norm(g - q, axis=1)
     order = np.argsort(dist, kind="stable")
     assert [r["index"] for r in body["results"]] == order.tolist()
@@ -306,7 +306,7 @@ def test_folder_gallery_end_to_end_skips_unreadable_photos(run, trained, tmp_pat
     assert "unreadable" in first.gallery.source and "broken.jpg" in first.gallery.source
     again = build_searcher(trained, other, str(folder))
     assert "3 from the cache" in again.gallery.source
-    reference = reference_features(searcher.student, [Image.open(folder / p) for p in again.gallery.paths], 32)
+    reference = reference_features(searcher.run.student, [Image.open(folder / p) for p in again.gallery.paths], 32)
     np.testing.assert_allclose(again.gallery.features, reference, atol=1e-5)
     body = TestClient(create_app(again)).post("/api/search?k=3", content=drawing(5)).json()
     assert sorted(r["index"] for r in body["results"]) == [0, 1, 2] and body["results"][0]["label"] is None
@@ -327,7 +327,7 @@ def test_one_to_many_at_the_selected_m_k(run, trained, tmp_path):
     body = client.post("/api/search?k=8&one_to_many=1", content=query).json()
     assert body["one_to_many"] is True
     # reference: per subspace the nearest codeword of each photo, squared distance of the query to it, blended
-    q = reference_features(searcher.student, [Image.open(io.BytesIO(query))], 32)[0]
+    q = reference_features(searcher.run.student, [Image.open(io.BytesIO(query))], 32)[0]
     g = otm_searcher.gallery.features.astype(np.float64)
     words = otm_searcher.one_to_many.codewords.numpy().astype(np.float64)      # (M, K, D/M)
     sub = g.shape[1] // 2
@@ -345,9 +345,13 @@ def test_compiled_query_path_ranks_as_the_eager_one(run, trained, monkeypatch):
     """search_app.py compiles the query forward pass: the same features (to float rounding) and the same
     ranking; where compiling fails, the searcher says why and stays eager."""
     from app.searcher import SketchSearcher
+    from engine.trained_run import TrainedRun
 
     searcher = run[0]
-    compiled = SketchSearcher(trained.student, trained.config, searcher.gallery, searcher.device)
+    def fresh_run():            # compiling changes the run's query path: not the shared fixture's
+        return TrainedRun(trained.student, trained.config, trained.checkpoint, trained.device)
+
+    compiled = SketchSearcher(fresh_run(), searcher.gallery)
     assert compiled.compile_queries() == "" and compiled.compiled
     for seed in (1, 2):
         img = Image.open(io.BytesIO(drawing(seed))).convert("RGB")
@@ -360,7 +364,7 @@ def test_compiled_query_path_ranks_as_the_eager_one(run, trained, monkeypatch):
         raise RuntimeError("no C++ compiler")
 
     monkeypatch.setattr(torch, "compile", no_compiler)
-    eager = SketchSearcher(trained.student, trained.config, searcher.gallery, searcher.device)
+    eager = SketchSearcher(fresh_run(), searcher.gallery)
     assert "no C++ compiler" in eager.compile_queries() and not eager.compiled
     assert eager.search(drawing(1), 8)["results"] == searcher.search(drawing(1), 8)["results"]
 
