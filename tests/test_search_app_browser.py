@@ -37,20 +37,11 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from data.demo import generate_demo_dataset  # noqa: E402
+from tests.helpers_browser import chromium, find_browser  # noqa: E402
 from tests.helpers_retrieval import make_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 K = 7
-
-
-def find_browser() -> tuple[str, str]:
-    browser = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
-    driver = shutil.which("chromedriver") or next((p for p in ("/usr/lib/chromium/chromedriver",) if os.path.exists(p)),
-                                                  None)
-    if browser is None or driver is None:
-        pytest.skip("Chromium and its driver are not installed (Debian: apt-get install chromium chromium-driver)")
-    return browser, driver
 
 
 def free_port() -> int:
@@ -96,18 +87,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(server):
-    from selenium.webdriver.chrome.service import Service
-
-    binary, driver_path = find_browser()
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,900", "--force-device-scale-factor=1"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
+    yield from chromium()
 
 
 def api_search(base: str, data: bytes, k: int, extra: str = "") -> list[int]:
