@@ -152,6 +152,9 @@ def drop_unreadable(tree: Tree, workers: int) -> list[str]:
 def choose_unseen(classes: list[str], unseen: Optional[Sequence[str]], fraction: Optional[float],
                   seed: int) -> list[str]:
     """The unseen classes: those named, or a seeded draw of ``fraction`` of them (at least one)."""
+    if len(classes) < 3:
+        raise UserError(f"{len(classes)} class folder(s) ({_named(classes)}): a zero-shot split needs at least three, "
+                        "two seen classes to train on and one unseen class to test on")
     if unseen:
         known = set(classes)
         for name in unseen:
@@ -297,10 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m data.from_folders",
         description="Turn ROOT/sketches/<class>/* and ROOT/photos/<class>/* into a zero-shot split in ROOT/zeroshot/ "
                     "(the custom/zeroshot setting: python train_custom.py --data_root ROOT).")
-    p.add_argument("root", type=Path, help="folder holding sketches/<class>/ and photos/<class>/")
+    p.add_argument("root", type=Path, metavar="ROOT",
+                   help="your dataset folder, holding sketches/<class>/ and photos/<class>/ (required: no default)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--unseen", nargs="+", metavar="CLASS", default=None,
-                       help="the unseen (test) classes, by folder name")
+                       help="the unseen (test) classes, by folder name (default: drawn, see --unseen_fraction)")
     which.add_argument("--unseen_fraction", type=float, default=None,
                        help=f"draw this fraction of the classes as unseen, at least one, with --seed "
                             f"(default when --unseen is not given: {DEFAULT_UNSEEN_FRACTION})")
