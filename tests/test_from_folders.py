@@ -14,23 +14,12 @@ from data import from_folders
 from data.lists import parse_list_file, read_class_file
 from data.registry import SAKE_NAMES, get_setting, resolve_paths
 from tests.fixtures import make_class_folders
+from tests.test_test_scripts import run
 from utils.errors import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ("arrow", "circle", "crescent moon", "heart", "lightning bolt", "star")   # demo shapes, two with spaces
 SETTING = get_setting("custom/zeroshot")
-
-
-def run_script(script: str, *argv, monkeypatch, capsys) -> tuple[int, str, str]:
-    """Run an entry script in this process, as ``python script argv`` would; returns (status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", [script, *map(str, argv)])
-    try:
-        runpy.run_path(str(ROOT / script), run_name="__main__")
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def make_split(*argv, capsys) -> tuple[int, str, str]:
@@ -184,7 +173,7 @@ def test_missing_root_and_settings_without_the_split(tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------- the scripts
 def test_smoke_training_test_script_and_check_work_on_it(dataset, trained_run, monkeypatch, capsys):
     assert (trained_run / "model_best.pth.tar").is_file()
-    code, out, err = run_script("test_custom_zeroshot.py", "--resume_dir", trained_run, "--mode", 1, "--device", "cpu",
+    code, out, err = run("test_custom_zeroshot.py", "--resume_dir", trained_run, "--mode", 1, "--device", "cpu",
                                 "--workers", 0, "--no_figures", monkeypatch=monkeypatch, capsys=capsys)
     assert code == 0, err                       # --data_root comes from the checkpoint (the ROOT it trained on)
     results = json.loads((trained_run / "results.json").read_text())
