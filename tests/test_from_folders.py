@@ -1,5 +1,5 @@
-"""A dataset of your own: class folders -> data.from_folders -> train_custom.py, test_custom_zeroshot.py, data.check;
-and one sentence for each kind of bad input."""
+"""A dataset of your own: class folders -> data.from_folders -> train_custom.py, test_custom_zeroshot.py,
+data.check and the app; and one sentence for each kind of bad input."""
 import json
 import runpy
 import sys
@@ -189,3 +189,8 @@ def test_smoke_training_test_script_and_check_work_on_it(dataset, trained_run, m
         ("lists", "images", "cid_mask", "features"), "ok")
     assert cells["counts"].status == "skipped" and "no published counts" in cells["counts"].first
     assert "10 queries" in cells["features"].first
+
+    from app.searcher import load_searcher           # the sketch-search app serves its unseen-class photos
+
+    searcher = load_searcher(trained_run, "zero", dataset)
+    assert len(searcher.gallery.paths) == 8 and searcher.gallery.class_names == ["crescent moon", "star"]
