@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from data.lists import parse_list_file, read_class_file
 from data.registry import SettingPaths
 from retrieval.metrics import DistanceFn, QueryMetrics
-from retrieval.search import RetrievalProblem
+from retrieval.search import RetrievalProblem, top_k
 from utils.errors import UserError
 from utils.figures import (CORRECT_COLOUR, CORRECT_MARK, NEUTRAL_COLOUR, WRONG_COLOUR, WRONG_MARK,
                            figure_files)
@@ -80,12 +80,12 @@ def example_rows(problem: RetrievalProblem, paths: SettingPaths, seed: int,
                       f"{paths.list_file('photo_zero').name}")
     names = read_class_file(paths.zero_class_file)
     queries = example_queries(features.query_labels, n_rows, seed)
-    dists = [distance_fn(queries).cpu().numpy() for _, distance_fn in rankings]
+    tops = [top_k(distance_fn(queries), EXAMPLE_RESULTS).cpu().numpy() for _, distance_fn in rankings]
     rows = []
     for i, q in enumerate(queries):
         qlabel = int(features.query_labels[q])
-        for (label, _), dist in zip(rankings, dists):
-            top = np.argsort(dist[i], kind="stable")[:EXAMPLE_RESULTS]   # ties by gallery index, as in the metrics
+        for (label, _), top_of in zip(rankings, tops):
+            top = top_of[i]
             row = {"query_path": paths.root / sketch_paths[q], "query_class": names[qlabel],
                    "results": [(paths.root / photo_paths[j], names[int(photo_labels[j])],
                                 bool(photo_labels[j] == qlabel)) for j in top]}
