@@ -79,7 +79,8 @@ def build_parser(setting: Setting, dataset: str) -> ArgumentParser:
     if len(versions) > 1:
         p.add_argument("--zero_version", choices=list(versions), default=setting.split_dir,
                        help="which zero-shot split")
-    p.add_argument("--data_root", default="datasets", help=f"folder holding {setting.dataset_dir}/")
+    p.add_argument("--data_root", default=None if setting.custom else "datasets", required=setting.custom,
+                   help=setting.data_root_help + (" (required: there is no default)" if setting.custom else ""))
     p.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
                    help="official ConvNeXt-V2 checkpoint, or 'none' for random weights (smoke runs only)")
     p.add_argument("--savedir", default=setting.checkpoint_dir, help="run directory (checkpoints, log)")
