@@ -22,8 +22,9 @@ BEST = "model_best.pth.tar"
 LOG = "log.jsonl"
 FIGURE = "training_curves.png"
 # What a run (and testing it) writes into its folder: an earlier run's files, replaced by --overwrite.
-RUN_FILES = (CHECKPOINT, BEST, LOG, FIGURE, "features_zero.pickle", "features_zero.json", "results.json",
-             "results.md", "pr_curve.png", "retrieval_examples.png")
+RUN_FILES = (CHECKPOINT, BEST, LOG, FIGURE, "training_curves.pdf", "features_zero.pickle", "features_zero.json",
+             "results.json", "results.md", "pr_curve.png", "pr_curve.pdf", "retrieval_examples.png",
+             "retrieval_examples.pdf")
 RUN_FILE_PATTERNS = ("features_seen_val_*.pickle", "features_seen_val_*.json")
 TRAINING_LIST_ROLES = ("sketch_train", "photo_train", "sketch_test")   # the lists a run reads (fingerprinted)
 # Flags a --resume takes from this command, never from the run: where and how it executes.

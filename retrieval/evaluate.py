@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from data.dataset import ListDataset
+from data.images import read_rgb
 from data.lists import read_class_file
 from data.registry import SETTINGS, Setting, SettingPaths, get_setting, resolve_paths
 from retrieval.cluster_matching import COVARIANCE_TYPES, DEFAULT_ALPHA, DEFAULT_SEED, QUANTIZERS, check_pq_shape
@@ -95,7 +96,8 @@ def build_parser(setting: Setting) -> argparse.ArgumentParser:
     p.add_argument("--label", default=None,
                    help=_default_said("name shown in the reports and figure titles (default: the setting, "
                                       f"{setting.name})"))
-    p.add_argument("--no_figures", action="store_true", help="do not write pr_curve.png / retrieval_examples.png")
+    p.add_argument("--no_figures", action="store_true",
+                   help="do not write pr_curve.png/.pdf and retrieval_examples.png/.pdf")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p
 
@@ -486,10 +488,10 @@ def one_to_many(args: argparse.Namespace, setting: Setting, problem: RetrievalPr
 
 def write_figures(args: argparse.Namespace, setting: Setting, problem: RetrievalProblem, curves: dict,
                   rankings: list, resume_dir: Path, ctx: ReportContext) -> None:
-    """pr_curve.png always; retrieval_examples.png (a row per example query and ranking) when the dataset's
-    images are there."""
+    """pr_curve.png/.pdf always; retrieval_examples.png/.pdf (a row per example query and ranking) when the
+    dataset's images are there."""
     resume_dir.mkdir(parents=True, exist_ok=True)
-    write_pr_figure(curves, resume_dir / "pr_curve.png", f"{ctx.title}: mean interpolated precision")
+    write_pr_figure(curves, resume_dir / "pr_curve.png", ctx.title)
     try:
         paths = resolve_paths(setting, args.data_root)
     except UserError:
@@ -497,6 +499,6 @@ def write_figures(args: argparse.Namespace, setting: Setting, problem: Retrieval
         return
     n_queries = EXAMPLE_ROWS if len(rankings) == 1 else EXAMPLE_ROWS_PER_RANKING
     why_not = write_examples_figure(problem, paths, resume_dir / "retrieval_examples.png", args.seed, rankings,
-                                    n_queries)
+                                    read_rgb, n_queries)
     if why_not:
         ctx.notes.append(f"retrieval_examples.png not drawn: {why_not}")
