@@ -194,3 +194,8 @@ def test_smoke_training_test_script_and_check_work_on_it(dataset, trained_run, m
 
     searcher = load_searcher(trained_run, "zero", dataset)
     assert len(searcher.gallery.paths) == 8 and searcher.gallery.class_names == ["crescent moon", "star"]
+
+
+def test_training_without_data_root_says_what_it_needs(monkeypatch, capsys):
+    code, _, err = run("train_custom.py", "--smoke", monkeypatch=monkeypatch, capsys=capsys)
+    assert "--data_root ROOT is needed for custom/zeroshot" in one_error(code, err)
