@@ -36,4 +36,4 @@ demo: $(STAMP)
 	$(PY) -m engine.demo
 
 clean-demo:
-	rm -rf datasets/Demo checkpoint/demo
+	rm -rf datasets/Demo checkpoint/demo checkpoint/demo_untrained

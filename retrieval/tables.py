@@ -3,7 +3,8 @@
 Columns: the metric pair the paper reports per setting (``Setting.paper_metrics``). Rows of this
 reproduction: one-to-one; one-to-many as the released scripts print it (the best of the test-set sweep);
 one-to-many with M, K chosen on seen classes. Several runs of a setting give mean ± sample standard
-deviation (ddof = 1) and their number; a value no run has is "—", never a zero. ``--with_published`` adds
+deviation (ddof = 1) and their number; a value no run has is "—", never a zero. ``make demo``'s results (kind
+"demo" / "baseline" in results.json) are never counted: one line names them. ``--with_published`` adds
 the rows of ``published_results.csv`` (other methods, as printed in their papers, with their source).
 Writes ``table.md``, ``table.tex`` (booktabs) and ``table.csv``; prints the Markdown.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from data.registry import SETTINGS
+from retrieval.report import results_kind
 from utils.checkpoint import atomic_write
 from utils.errors import UserError, run_cli
 from utils.cli import ArgumentParser
@@ -50,6 +52,11 @@ class Run:
     name: str
     setting: str
     results: dict
+
+    @property
+    def kind(self) -> str:
+        """``run``, or ``demo`` / ``baseline`` (`make demo`'s results, never counted in a table)."""
+        return results_kind(self.results)
 
 
 @dataclass
@@ -278,21 +285,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_rows(args: argparse.Namespace) -> tuple[list[Row], list[str], list[Run]]:
-    runs = find_runs(Path(args.runs))
-    if not runs:
+LEFT_OUT_KINDS = {"demo": "the demo", "baseline": "the demo's untrained baseline"}
+
+
+def left_out_line(left_out: list[Run]) -> str:
+    """The one line naming the results a table does not count (the demo's and its untrained baseline's)."""
+    return ("left out (not real runs of a setting): "
+            + ", ".join(f"{r.name} ({LEFT_OUT_KINDS[r.kind]})" for r in left_out))
+
+
+def build_rows(args: argparse.Namespace) -> tuple[list[Row], list[str], list[Run], list[Run]]:
+    """The rows, the footnotes, the runs counted and the results left out (the demo's, whose numbers are the
+    generated shapes', and its untrained network's)."""
+    found = find_runs(Path(args.runs))
+    runs = [r for r in found if r.kind == "run"]
+    left_out = [r for r in found if r.kind != "run"]
+    if not found:
         raise UserError(f"no {RESULTS_FILE} under {args.runs}: run the test scripts first "
                         "(README.md, section 'Testing and reproducing the tables')")
     ours, notes = our_rows(runs, "per_query" if args.per_query else "per_class")
     published = read_published(Path(args.published)) if args.with_published else []
-    return published + ours, notes, runs
+    return published + ours, notes, runs, left_out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     if not 0 <= args.digits <= 10:
         raise UserError(f"--digits must be between 0 and 10, got {args.digits}")
-    rows, notes, runs = build_rows(args)
+    rows, notes, runs, left_out = build_rows(args)
     averaging = "per_query" if args.per_query else "per_class"
     out = Path(args.out or args.runs)
     texts = {"table.md": markdown_table(rows, notes, args.digits, averaging, args.with_published),
@@ -301,7 +321,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for name, text in texts.items():
         atomic_write(out / name, lambda fh, t=text: fh.write(t.encode("utf-8")))
     print(texts["table.md"], end="")
-    print(f"\n{len(runs)} results files: " + ", ".join(f"{r.name} ({r.setting})" for r in runs))
+    print(f"\n{len(runs)} results files of trained runs" + (": " + ", ".join(f"{r.name} ({r.setting})" for r in runs)
+                                                         if runs else ""))
+    if left_out:
+        print(left_out_line(left_out))
     print(f"written: {', '.join(str(out / n) for n in texts)}")
 
 
