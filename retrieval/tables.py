@@ -4,8 +4,9 @@ Columns: the metric pair the paper reports per setting (``Setting.paper_metrics`
 reproduction: one-to-one; one-to-many as the released scripts print it (the best of the test-set sweep);
 one-to-many with M, K chosen on seen classes. Several runs of a setting give mean ± sample standard
 deviation (ddof = 1) and their number; a value no run has is "—", never a zero. ``make demo``'s results (kind
-"demo" / "baseline" in results.json) are never counted: one line names them. ``--with_published`` adds
-the rows of ``published_results.csv`` (other methods, as printed in their papers, with their source).
+"demo" / "baseline" in results.json) and custom datasets' are never counted: one line names them.
+``--with_published`` adds the rows of ``published_results.csv`` (other methods, as printed in their papers, with
+their source).
 Writes ``table.md``, ``table.tex`` (booktabs) and ``table.csv``; prints the Markdown.
 """
 from __future__ import annotations
@@ -53,11 +54,6 @@ class Run:
     setting: str
     results: dict
 
-    @property
-    def kind(self) -> str:
-        """``run``, or ``demo`` / ``baseline`` (`make demo`'s results, never counted in a table)."""
-        return results_kind(self.results)
-
 
 @dataclass
 class Row:
@@ -71,7 +67,12 @@ class Row:
 
 
 # ----------------------------------------------------------------------------------------------- reading
-def find_runs(runs_dir: Path) -> list[Run]:
+LEFT_OUT_KINDS = {"demo": "the demo", "baseline": "the demo's untrained baseline"}
+
+
+def find_runs(runs_dir: Path, left_out: Optional[list] = None) -> list[Run]:
+    """The results files of trained runs under ``runs_dir``; those of a setting that is no column of the paper's
+    table (a custom dataset) and `make demo`'s (kind "demo" / "baseline") are named in ``left_out`` instead."""
     if not runs_dir.is_dir():
         raise UserError(f"--runs {runs_dir} is not a folder (it should hold the test scripts' run folders)")
     runs = []
@@ -82,6 +83,15 @@ def find_runs(runs_dir: Path) -> list[Run]:
             raise UserError(f"{f} is not readable JSON ({exc})") from None
         if not isinstance(data, dict) or "setting" not in data or "one_to_one" not in data:
             raise UserError(f"{f} is not a results file of the test scripts (no 'setting' / 'one_to_one')")
+        if data["setting"] in SETTINGS and SETTINGS[data["setting"]].custom:
+            if left_out is not None:
+                left_out.append(f"{f} ({data['setting']}: a dataset of your own, no column of the paper's table)")
+            continue
+        kind = results_kind(data)
+        if kind != "run":           # `make demo`'s: generated shapes, not a run of the setting it borrows
+            if left_out is not None:
+                left_out.append(f"{f} ({LEFT_OUT_KINDS[kind]}, not a trained run)")
+            continue
         if data["setting"] not in SETTING_LABELS:
             raise UserError(f"{f}: unknown setting {data['setting']!r}; known: {', '.join(SETTING_LABELS)}")
         runs.append(Run(str(f.parent.relative_to(runs_dir)) or ".", data["setting"], data))
@@ -285,34 +295,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-LEFT_OUT_KINDS = {"demo": "the demo", "baseline": "the demo's untrained baseline"}
-
-
-def left_out_line(left_out: list[Run]) -> str:
-    """The one line naming the results a table does not count (the demo's and its untrained baseline's)."""
-    return ("left out (not real runs of a setting): "
-            + ", ".join(f"{r.name} ({LEFT_OUT_KINDS[r.kind]})" for r in left_out))
-
-
-def build_rows(args: argparse.Namespace) -> tuple[list[Row], list[str], list[Run], list[Run]]:
-    """The rows, the footnotes, the runs counted and the results left out (the demo's, whose numbers are the
-    generated shapes', and its untrained network's)."""
-    found = find_runs(Path(args.runs))
-    runs = [r for r in found if r.kind == "run"]
-    left_out = [r for r in found if r.kind != "run"]
-    if not found:
+def build_rows(args: argparse.Namespace, left_out: Optional[list] = None) -> tuple[list[Row], list[str], list[Run]]:
+    left_out = [] if left_out is None else left_out
+    runs = find_runs(Path(args.runs), left_out)
+    if not runs and not left_out:      # with only left-out results the table is written, empty, and says why
         raise UserError(f"no {RESULTS_FILE} under {args.runs}: run the test scripts first "
                         "(README.md, section 'Testing and reproducing the tables')")
     ours, notes = our_rows(runs, "per_query" if args.per_query else "per_class")
     published = read_published(Path(args.published)) if args.with_published else []
-    return published + ours, notes, runs, left_out
+    return published + ours, notes, runs
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     if not 0 <= args.digits <= 10:
         raise UserError(f"--digits must be between 0 and 10, got {args.digits}")
-    rows, notes, runs, left_out = build_rows(args)
+    left_out: list[str] = []
+    rows, notes, runs = build_rows(args, left_out)
     averaging = "per_query" if args.per_query else "per_class"
     out = Path(args.out or args.runs)
     texts = {"table.md": markdown_table(rows, notes, args.digits, averaging, args.with_published),
@@ -324,7 +323,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(f"\n{len(runs)} results files of trained runs" + (": " + ", ".join(f"{r.name} ({r.setting})" for r in runs)
                                                          if runs else ""))
     if left_out:
-        print(left_out_line(left_out))
+        print(f"left out: {'; '.join(left_out)}")
     print(f"written: {', '.join(str(out / n) for n in texts)}")
 
 

@@ -208,8 +208,10 @@ def test_the_demo_and_its_baseline_are_left_out(tmp_path, capsys, labelled_only)
     for method in (tables.ROW_ONE_TO_ONE, tables.ROW_TEST_TUNED, tables.ROW_SEEN_CHOSEN):
         assert set(md_cells(md, method)[1:-1]) == {tables.MISSING}, method     # the last cell: the source
     left_out = [ln for ln in out.splitlines() if ln.startswith("left out")]
-    assert left_out == ["left out (not real runs of a setting): demo (the demo), demo/untrained (the demo's untrained "
-                        "baseline), demo_untrained (the demo's untrained baseline)"]
+    assert left_out == [f"left out: {base / 'demo' / 'results.json'} (the demo, not a trained run); "
+                        f"{base / 'demo' / 'untrained' / 'results.json'} (the demo's untrained baseline, not a trained "
+                        f"run); {base / 'demo_untrained' / 'results.json'} (the demo's untrained baseline, not a "
+                        "trained run)"]
 
     real = write_run(base / "sketchy" / "zeroshot1", "sketchy/zeroshot1", 8)     # a trained run is counted
     tables.main(["--runs", str(base)])
