@@ -108,9 +108,8 @@ def test_written_files_get_the_umasks_permissions(tmp_path, umask, mode):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode
 
 
-ENTRY_POINTS = [[script] for script in ("train_sketchy_ext.py", "train_tuberlin_ext.py", "train_quickdraw_ext.py",
-                                        "test_sketchy_ext_zeroshot.py", "test_sketchy_ext_split_zeroshot.py",
-                                        "test_tuberlin_ext_zeroshot.py", "test_quickdraw_ext_zeroshot.py")] + \
+ENTRY_POINTS = [[script] for script in sorted({s for setting in SETTINGS.values()
+                                               for s in (setting.train_script, setting.test_script)})] + \
     [["search_app.py", "--resume_dir", "run"]] + \
     [["-m", module] for module in ("engine.demo", "data.check", "data.demo", "retrieval.tables")]
 
