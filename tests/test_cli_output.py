@@ -125,3 +125,12 @@ def test_a_missing_dependency_is_one_sentence(entry, tmp_path):
     assert proc.returncode != 0 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: this Python") and "cannot import" in lines[0], lines[0]
     assert ".venv/bin/activate" in lines[0] and "requirements.txt" in lines[0], lines[0]
+
+
+def test_a_typo_flag_is_one_error_line():
+    """Not argparse's usage dump: the one ``error:`` line of every user error, with the near flag and --help."""
+    proc = subprocess.run([sys.executable, "-m", "retrieval.tables", "--runs", "x", "--digts", "2"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == ["error: unrecognized arguments: --digts 2 (did you mean --digits instead of "
+                                        "--digts?) (`python -m retrieval.tables --help` lists the flags)"]
