@@ -79,8 +79,9 @@ def build_parser(setting: Setting, dataset: str) -> ArgumentParser:
     if len(versions) > 1:
         p.add_argument("--zero_version", choices=list(versions), default=setting.split_dir,
                        help="which zero-shot split")
-    p.add_argument("--data_root", default=None if setting.custom else "datasets", required=setting.custom,
-                   help=setting.data_root_help + (" (required: there is no default)" if setting.custom else ""))
+    p.add_argument("--data_root", default=None if setting.custom else "datasets",
+                   help=setting.data_root_help + (" (no default: required, except that --resume takes the run's)"
+                                                  if setting.custom else ""))
     p.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
                    help="official ConvNeXt-V2 checkpoint, or 'none' for random weights (smoke runs only)")
     p.add_argument("--savedir", default=setting.checkpoint_dir, help="run directory (checkpoints, log)")
@@ -176,6 +177,8 @@ def parse_run_args(dataset: str, argv: Sequence[str]) -> tuple[Setting, argparse
         restore_run_args(args, explicit, parser)
         if hasattr(args, "zero_version"):   # the run's own split
             setting = settings_of(dataset)[args.zero_version]
+    if args.data_root is None:
+        raise UserError(f"--data_root ROOT is needed for {setting.name}: {setting.data_root_help}")
     check_args(args)
     return setting, args, explicit
 
