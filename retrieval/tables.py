@@ -298,7 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
 def build_rows(args: argparse.Namespace, left_out: Optional[list] = None) -> tuple[list[Row], list[str], list[Run]]:
     left_out = [] if left_out is None else left_out
     runs = find_runs(Path(args.runs), left_out)
-    if not runs and not left_out:      # with only left-out results the table is written, empty, and says why
+    if not runs and left_out:
+        raise UserError(f"no results of the paper's settings under {args.runs}, only {'; '.join(left_out)}")
+    if not runs:
         raise UserError(f"no {RESULTS_FILE} under {args.runs}: run the test scripts first "
                         "(README.md, section 'Testing and reproducing the tables')")
     ours, notes = our_rows(runs, "per_query" if args.per_query else "per_class")
@@ -320,8 +322,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for name, text in texts.items():
         atomic_write(out / name, lambda fh, t=text: fh.write(t.encode("utf-8")))
     print(texts["table.md"], end="")
-    print(f"\n{len(runs)} results files of trained runs" + (": " + ", ".join(f"{r.name} ({r.setting})" for r in runs)
-                                                         if runs else ""))
+    print(f"\n{len(runs)} results files: " + ", ".join(f"{r.name} ({r.setting})" for r in runs))
     if left_out:
         print(f"left out: {'; '.join(left_out)}")
     print(f"written: {', '.join(str(out / n) for n in texts)}")
