@@ -31,7 +31,8 @@ from data.transforms import test_transform, to_model_input, train_transform
 from engine.runs import (BEST, CHECKPOINT, FIGURE, LOG, MACHINE_FLAGS, MOVABLE_FLAGS, TRAINING_LIST_ROLES,
                          batch_message, batch_rule, claim_savedir, cpu_estimate, restore_run_args, resume_command,
                          smoke_preset)
-from losses import PRIOR_WEIGHT, SEMANTIC_BIAS, SBKAObjective
+from engine.training_curves import plot_training_curves
+from losses import LOSS_TERM_LABELS, PRIOR_WEIGHT, SEMANTIC_BIAS, SBKAObjective
 from models import SBKAStudent, SBKATeacher, build_student, build_teacher
 from models.sbka import CLASSIFIER_INIT_STD, DEFAULT_MODEL, warn_random_weights
 from utils.checkpoint import atomic_save, atomic_write, load_checkpoint
@@ -73,7 +74,9 @@ def build_parser(setting: Setting, dataset: str) -> ArgumentParser:
     if len(versions) > 1:
         p.add_argument("--zero_version", choices=list(versions), default=setting.split_dir,
                        help="which zero-shot split")
-    p.add_argument("--data_root", default="datasets", help=f"folder holding {setting.dataset_dir}/")
+    p.add_argument("--data_root", default=None if setting.custom else "datasets",
+                   help=setting.data_root_help + (" (no default: required, except that --resume takes the run's)"
+                                                  if setting.custom else ""))
     p.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
                    help="official ConvNeXt-V2 checkpoint, or 'none' for random weights (smoke runs only)")
     p.add_argument("--savedir", default=setting.checkpoint_dir, help="run directory (checkpoints, log)")
@@ -135,7 +138,7 @@ def build_parser(setting: Setting, dataset: str) -> ArgumentParser:
                         f"{SEMANTIC_BIAS:g}; 0: no semantic bias)")
     p.add_argument("--detach_reverse_target", action="store_true",
                    help="variant: the reverse loss L_kd(t<-s) does not push the student")
-    p.add_argument("--no_figures", action="store_true", help=f"do not write {FIGURE}")
+    p.add_argument("--no_figures", action="store_true", help=f"do not write {FIGURE} (and its PDF)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p
 
@@ -175,6 +178,8 @@ def parse_run_args(dataset: str, argv: Sequence[str]) -> tuple[Setting, argparse
         restore_run_args(args, explicit, parser)
         if hasattr(args, "zero_version"):   # the run's own split
             setting = settings_of(dataset)[args.zero_version]
+    if args.data_root is None:
+        raise UserError(f"--data_root ROOT is needed for {setting.name}: {setting.data_root_help}")
     check_args(args)
     return setting, args, explicit
 
@@ -665,11 +670,8 @@ class Trainer:
     def figures(self) -> None:
         if self.args.no_figures:
             return
-        try:
-            from utils.plotting import plot_training_curves
-        except ImportError:
-            return
-        plot_training_curves(self.savedir / LOG, self.savedir / "training_curves.png")
+        plot_training_curves(self.savedir / LOG, self.savedir / FIGURE, self.objective.term_weights(),
+                             LOSS_TERM_LABELS, self.data.n_seen)
 
 
 def interrupted_message(dataset: str, args: argparse.Namespace, explicit: dict[str, Any],

@@ -15,6 +15,10 @@ import torch.nn.functional as F
 PRIOR_WEIGHT = 0.1     # weight of L_prior in the student objective
 SEMANTIC_BIAS = 0.3    # weight of the cid_mask row added to the target logits of both distillation terms
 
+# What each logged term is (the training-curve figure's legend).
+LOSS_TERM_LABELS = {"loss_ce": "ce: seen-class cross-entropy", "loss_kd": "kd: student \u2190 teacher",
+                    "loss_prior": "prior: Gaussian KL", "loss_reverse": "reverse kd: teacher \u2190 student"}
+
 Count = Union[int, float, torch.Tensor]
 
 
@@ -71,6 +75,10 @@ class SBKAObjective:
     prior_weight: float = PRIOR_WEIGHT
     semantic_bias: float = SEMANTIC_BIAS
     detach_reverse_target: bool = False
+
+    def term_weights(self) -> dict[str, float]:
+        """How the logged terms add up to the logged total (a term weighted 0 is logged but not added)."""
+        return {"loss_ce": 1.0, "loss_kd": 1.0, "loss_prior": self.prior_weight, "loss_reverse": 1.0}
 
     def __call__(self, student: tuple[torch.Tensor, torch.Tensor, torch.Tensor], teacher_logits: torch.Tensor, labels: torch.Tensor,
                  is_photo: torch.Tensor, cid_mask: Optional[torch.Tensor], bidirectional: bool,
