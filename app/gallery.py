@@ -20,7 +20,7 @@ from app.images import find_photos
 from data.lists import parse_list_file, read_class_file
 from data.registry import get_setting, resolve_paths
 from retrieval.feature_io import FEATURES_FILE, load_features
-from retrieval.run_folder import zero_lists
+from engine.folder_checks import zero_lists
 from utils.checkpoint import atomic_write
 from utils.errors import UserError
 from utils.provenance import read_sidecar

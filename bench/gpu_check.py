@@ -319,12 +319,12 @@ def grad_norm(module: torch.nn.Module) -> float:
 
 
 def evaluator_precision_check(device: torch.device, work: Path) -> dict[str, Any]:
-    """Run the test scripts' evaluator (retrieval.evaluate.main) with TF32 switched ON beforehand and read
+    """Run the test scripts' evaluator (engine.evaluate.main) with TF32 switched ON beforehand and read
     the matmul precision it leaves: it must have turned TF32 off."""
     import contextlib
     import io
 
-    from retrieval.evaluate import main as evaluate_main
+    from engine.evaluate import main as evaluate_main
     from retrieval.feature_io import save_features
 
     before = (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32)
@@ -743,7 +743,7 @@ def fit_codebook_timed(args, plan: Plan, features, budget: Budget, sec: Section)
 def section_evaluation(sec: Section, args, plan: Plan, device, budget: Budget, ctx: dict) -> None:
     from retrieval.search import RetrievalProblem
 
-    torch.set_float32_matmul_precision("highest")        # as retrieval.evaluate.main does (checked in numerics)
+    torch.set_float32_matmul_precision("highest")        # as engine.evaluate.main does (checked in numerics)
     nq, ng, nc = plan.eval_sizes
     t0 = time.perf_counter()
     features = class_structured(nq, ng, nc, plan.eval_dim)

@@ -1,1 +1,2 @@
-"""Training loop (warm-up and bidirectional phases) and feature extraction."""
+"""Orchestration: a training run (warm-up, bidirectional phases, resume), a test run (run-folder checks,
+extraction, scoring, reports), the full pre-training check, the demo."""

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 from data.demo import MARKER_FILE, generate_demo_dataset
 from data.lists import read_class_file
 from engine import train
-from retrieval import evaluate
+from engine import evaluate
 from utils.checkpoint import atomic_save
 from utils.cli import ArgumentParser
 from utils.errors import UserError, run_cli

@@ -1,1 +1,2 @@
-"""Zero-shot retrieval evaluation: feature files, metrics, one-to-many cluster matching, result tables."""
+"""Pure scoring: distances, metrics, one-to-many cluster matching, feature files, result reports, the paper's
+table. It builds no model and no dataset and imports no engine."""

@@ -14,8 +14,8 @@ from data import check as data_check
 from data import demo as data_demo
 from data.registry import SETTINGS
 from engine import demo as engine_demo
-from engine import train
-from retrieval import evaluate, tables
+from engine import evaluate, train
+from retrieval import tables
 from utils.checkpoint import atomic_write
 from utils.cli import ArgumentParser, explicit_flags
 from utils.progress import LineProgress, progress

@@ -203,7 +203,7 @@ def test_zero_gallery_reads_a_matching_features_file(run, trained, tmp_path):
     save_features(FeatureSet(fake, np.zeros(8, np.int64), fake[:2], np.zeros(2, np.int64)),
                   other / "features_zero.pickle")
     from data.registry import get_setting, resolve_paths
-    from retrieval.run_folder import zero_lists
+    from engine.folder_checks import zero_lists
 
     lists = zero_lists(resolve_paths(get_setting(SETTING), data_root))   # as the test scripts' sidecars record
     write_sidecar(other / "features_zero.pickle", {"student_sha256": trained.weights_sha256, "lists": lists})

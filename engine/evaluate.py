@@ -1,6 +1,6 @@
 """Zero-shot SBIR test (METHOD.md sections 6-7): what the four ``test_*.py`` scripts run.
 
-``main(argv, setting_name)``: first the run folder is checked (retrieval.run_folder): a checkpoint, features
+``main(argv, setting_name)``: first the run folder is checked (engine.folder_checks): a checkpoint, features
 or results of another setting, or a stale ``model_best.pth.tar``, are refused before anything is written.
 Features come from ``<resume_dir>/features_zero.pickle`` when its sidecar (``features_zero.json``) names the
 weights present now, or when it has no sidecar (the authors' release: checked, provenance unknown; no
@@ -27,12 +27,12 @@ from retrieval.cluster_matching import COVARIANCE_TYPES, DEFAULT_ALPHA, DEFAULT_
 from retrieval.feature_io import FEATURES_FILE, FeatureSet, load_features, save_features
 from retrieval.figures import EXAMPLE_ROWS, write_examples_figure, write_pr_figure
 from retrieval.report import ReportContext, console_report, write_results
-from retrieval.run_folder import (CHECKPOINT_FILE, UNKNOWN, ZERO_ROLES, CheckpointInfo, check_best_is_current,
+from engine.folder_checks import (CHECKPOINT_FILE, UNKNOWN, ZERO_ROLES, CheckpointInfo, check_best_is_current,
                                   check_checkpoint_setting, check_folder_sidecars, check_unlabelled_origin,
                                   previous_results, read_checkpoint, refuse_foreign, same_features, short,
                                   stale_reason, zero_lists, zero_sidecar)
 from retrieval.search import QuantizerOptions, RetrievalProblem, SweepEntry
-from retrieval.seen_validation import seen_validation_sets
+from engine.seen_validation import seen_validation_sets
 from utils.distributed import select_device
 from utils.cli import ArgumentParser
 from utils.errors import UserError
