@@ -20,16 +20,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from utils.cli import ArgumentParser  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
-
-CHECKPOINT_FILE = "model_best.pth.tar"
+from utils.run_files import BEST_CHECKPOINT_FILE  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description="Sketch search web app: draw (or upload) a sketch and get the closest "
                                    "photos of a gallery, ranked by a trained SBKA student.")
-    p.add_argument("--resume_dir", required=True, help=f"the run directory (holds {CHECKPOINT_FILE}; "
+    p.add_argument("--resume_dir", required=True, help=f"the run directory (holds {BEST_CHECKPOINT_FILE}; "
                                                        "the gallery cache is written there)")
-    p.add_argument("--checkpoint", default=None, help=f"student checkpoint (default: <resume_dir>/{CHECKPOINT_FILE})")
+    p.add_argument("--checkpoint", default=None,
+                   help=f"student checkpoint (default: <resume_dir>/{BEST_CHECKPOINT_FILE})")
     p.add_argument("--gallery", default="zero",
                    help="'zero': the setting's unseen-class test photos; or a folder of photos (JPEG/PNG/WebP, "
                         "searched recursively)")

@@ -27,6 +27,7 @@ from retrieval.cluster_matching import DEFAULT_ALPHA, blend_, check_pq_shape, cl
 from retrieval.distances import euclidean_distances, euclidean_order_scores, squared_norms
 from utils.errors import UserError
 from utils.provenance import state_dict_sha256
+from utils.run_files import BEST_CHECKPOINT_FILE, RESULTS_FILE
 
 MAX_K = 200
 DEFAULT_K = 20
@@ -69,7 +70,7 @@ class OneToMany:
 
 def selected_one_to_many(resume_dir: Path, weights_sha256: str) -> tuple[Optional[tuple[int, int, float]], str]:
     """The (M, K, alpha) that the run's ``results.json`` selected, or None and why none is offered."""
-    path = resume_dir / "results.json"
+    path = resume_dir / RESULTS_FILE
     if not path.is_file():
         return None, f"no {path}"
     try:
@@ -266,5 +267,5 @@ def load_searcher(resume_dir: Path, gallery: str = "zero", data_root: Path = Pat
                   checkpoint: Optional[Path] = None, device: torch.device = torch.device("cpu"),
                   batch_size: int = 32, workers: int = 0) -> SketchSearcher:
     """The run's student (``<resume_dir>/model_best.pth.tar`` unless ``checkpoint``) over the chosen gallery."""
-    trained = load_trained_student(checkpoint or resume_dir / "model_best.pth.tar", device)
+    trained = load_trained_student(checkpoint or resume_dir / BEST_CHECKPOINT_FILE, device)
     return build_searcher(trained, resume_dir, gallery, data_root, batch_size, workers)

@@ -326,10 +326,11 @@ def evaluator_precision_check(device: torch.device, work: Path) -> dict[str, Any
 
     from engine.evaluate import main as evaluate_main
     from retrieval.feature_io import save_features
+    from utils.run_files import FEATURES_FILE
 
     before = (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32)
     run_dir = work / "evaluator_check"
-    save_features(class_structured(40, 60, 4, 16), run_dir / "features_zero.pickle")
+    save_features(class_structured(40, 60, 4, 16), run_dir / FEATURES_FILE)
     torch.set_float32_matmul_precision("high")            # TF32 on, as a user's earlier code might leave it
     try:
         with contextlib.redirect_stdout(io.StringIO()):
@@ -555,6 +556,8 @@ class LineTimer(threading.Thread):
 
 
 def section_e2e(sec: Section, args, plan: Plan, device, budget: Budget, ctx: dict) -> None:
+    from utils.run_files import LOG_FILE
+
     pg = process_group_check(device)
     sec.row(run="one-rank process group + all_reduce", backend=pg["backend"], ok=pg["ok"], seconds=pg.get("seconds"))
     step = ctx.get("best_eager_train") or {}
@@ -584,7 +587,7 @@ def section_e2e(sec: Section, args, plan: Plan, device, budget: Budget, ctx: dic
         rc = None
     reader.join(5)
     wall = time.perf_counter() - t0
-    log_file = run_dir / "log.jsonl"
+    log_file = run_dir / LOG_FILE
     log = [json.loads(line) for line in log_file.read_text().splitlines()] if log_file.is_file() else []
     if rc is None:
         sec.status = "partial"

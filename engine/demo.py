@@ -21,11 +21,14 @@ from typing import Optional, Sequence
 
 from data.demo import MARKER_FILE, generate_demo_dataset
 from data.lists import read_class_file
-from engine import train
-from engine import evaluate
+from data.registry import get_setting
+from engine import evaluate, train
+from engine.runs import student_checkpoint, student_config
 from utils.checkpoint import atomic_save
 from utils.cli import ArgumentParser
 from utils.errors import UserError, run_cli
+from utils.run_files import (BEST_CHECKPOINT_FILE, EXAMPLES_FILE, PR_CURVE_FILE, RESULTS_FILE, RESULTS_MARKDOWN_FILE,
+                             TRAINING_CURVES_FILE)
 
 SETTING = "sketchy/zeroshot1"
 # Reports and figures of the demo say so: its numbers are the generated shapes', not Sketchy's.
@@ -65,7 +68,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _unseen_map(resume_dir: Path) -> float:
-    results = json.loads((resume_dir / "results.json").read_text())
+    results = json.loads((resume_dir / RESULTS_FILE).read_text())
     return float(results["one_to_one"]["per_class"]["mAP@all"])
 
 
@@ -73,8 +76,8 @@ def untrained_baseline(args: argparse.Namespace, split_dir: Path, out: Path) -> 
     """Unseen-class mAP@all (one-to-one, per class) of the network the training starts from."""
     n_seen = len(read_class_file(split_dir / "cname_cid.txt"))
     student = train.initial_student(DEMO_MODEL, n_seen, None, DEMO_CLASSIFIER_STD, args.seed)
-    atomic_save({"config": {"setting": SETTING, "model": DEMO_MODEL, "n_seen": n_seen, "img_size": args.img_size},
-                 "state_dict": student.state_dict(), "epoch": 0, "best_acc1": 0.0}, out / "model_best.pth.tar")
+    config = student_config(get_setting(SETTING), DEMO_MODEL, n_seen, args.img_size, student.feature_dim)
+    atomic_save(student_checkpoint(student.state_dict(), config, epoch=0), out / BEST_CHECKPOINT_FILE)
     evaluate.main(["--data_root", args.data_root, "--resume_dir", str(out), "--mode", "1", "--no_figures",
                    "--workers", str(args.workers), "--label", f"{DEMO_LABEL}, untrained network"], SETTING)
     return _unseen_map(out)
@@ -121,10 +124,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     print()
     print(f"unseen-class mAP@all (one-to-one, per class): untrained {baseline:.4f} -> trained {trained:.4f} "
           f"({trained - baseline:+.4f})")
-    print(f"demo finished in {minutes:.1f} min. Results: {savedir / 'results.json'}, {savedir / 'results.md'}")
+    print(f"demo finished in {minutes:.1f} min. Results: {savedir / RESULTS_FILE}, {savedir / RESULTS_MARKDOWN_FILE}")
     if not args.no_figures:
-        print(f"Pictures: {savedir / 'training_curves.png'}, {savedir / 'retrieval_examples.png'}, "
-              f"{savedir / 'pr_curve.png'}")
+        print(f"Pictures: {savedir / TRAINING_CURVES_FILE}, {savedir / EXAMPLES_FILE}, {savedir / PR_CURVE_FILE}")
     return {"untrained": baseline, "trained": trained}
 
 

@@ -16,15 +16,8 @@ from data.registry import Setting
 from models.sbka import DEFAULT_MODEL
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
+from utils.run_files import LAST_CHECKPOINT_FILE, RUN_FILE_PATTERNS, RUN_FILES
 
-CHECKPOINT = "checkpoint.pth.tar"
-BEST = "model_best.pth.tar"
-LOG = "log.jsonl"
-FIGURE = "training_curves.png"
-# What a run (and testing it) writes into its folder: an earlier run's files, replaced by --overwrite.
-RUN_FILES = (CHECKPOINT, BEST, LOG, FIGURE, "features_zero.pickle", "features_zero.json", "results.json",
-             "results.md", "pr_curve.png", "retrieval_examples.png")
-RUN_FILE_PATTERNS = ("features_seen_val_*.pickle", "features_seen_val_*.json")
 TRAINING_LIST_ROLES = ("sketch_train", "photo_train", "sketch_test")   # the lists a run reads (fingerprinted)
 # Flags a --resume takes from this command, never from the run: where and how it executes.
 MACHINE_FLAGS = ("workers", "device", "no_figures", "debug", "resume", "overwrite", "savedir")
@@ -107,7 +100,7 @@ def _shown(value: Any) -> str:
 def restore_run_args(args: argparse.Namespace, explicit: dict[str, Any], parser: argparse.ArgumentParser) -> None:
     """``--resume``: every flag that shapes the run comes from its checkpoint's ``args``; a flag typed now that
     differs is refused, naming every difference."""
-    path = Path(args.savedir) / CHECKPOINT
+    path = Path(args.savedir) / LAST_CHECKPOINT_FILE
     if not path.is_file():
         raise UserError(f"--resume: {path} does not exist (nothing to resume; drop --resume to start afresh)")
     stored = load_checkpoint(path).get("args") or {}
@@ -160,3 +153,16 @@ def claim_savedir(savedir: Path, overwrite: bool) -> list[Path]:
                         f"continue that run with --resume, replace it with --overwrite (its files are removed only "
                         f"once the new run has written its first checkpoint), or choose another --savedir")
     return found
+
+
+# ----------------------------------------------------------------------------------------------- checkpoint layout
+def student_config(setting: Setting, model: str, n_seen: int, img_size: int, feature_dim: int) -> dict[str, Any]:
+    """A checkpoint's ``config``: what rebuilds its student (models.student_from_checkpoint) and what it was for."""
+    return {"setting": setting.name, "model": model, "n_seen": n_seen, "img_size": img_size,
+            "feature_dim": feature_dim}
+
+
+def student_checkpoint(state_dict: dict, config: dict[str, Any], epoch: int, best_acc1: float = 0.0) -> dict[str, Any]:
+    """The part of every checkpoint that the test scripts and the app read; training adds its optimiser, RNG,
+    flags and provenance to it. ``epoch`` is the epoch a resumed run starts with."""
+    return {"epoch": epoch, "state_dict": state_dict, "best_acc1": best_acc1, "config": config}

@@ -29,9 +29,9 @@ from data.dataset import VAL_FRACTION, ListDataset, holdout_indices
 from data.lists import read_class_file
 from data.registry import SETTINGS, Setting, SettingPaths, get_setting, resolve_paths
 from data.transforms import test_transform, to_model_input, train_transform
-from engine.runs import (BEST, CHECKPOINT, FIGURE, LOG, MACHINE_FLAGS, MOVABLE_FLAGS, TRAINING_LIST_ROLES,
-                         batch_message, batch_rule, claim_savedir, cpu_estimate, restore_run_args, resume_command,
-                         smoke_preset)
+from engine.runs import (MACHINE_FLAGS, MOVABLE_FLAGS, TRAINING_LIST_ROLES, batch_message, batch_rule, claim_savedir,
+                         cpu_estimate, restore_run_args, resume_command, smoke_preset, student_checkpoint,
+                         student_config)
 from losses import gaussian_prior_kl, semantic_soft_cross_entropy
 from models import SBKAStudent, SBKATeacher, build_student, build_teacher
 from models.sbka import CLASSIFIER_INIT_STD, DEFAULT_MODEL, warn_random_weights
@@ -41,6 +41,7 @@ from utils.distributed import DistInfo, all_reduce_sum, average_gradients, barri
 from utils.errors import UserError
 from utils.progress import progress
 from utils.provenance import list_fingerprint, new_run_id, project_version, state_dict_sha256
+from utils.run_files import BEST_CHECKPOINT_FILE, LAST_CHECKPOINT_FILE, LOG_FILE, TRAINING_CURVES_FILE
 
 DEFAULT_PRETRAINED = "pretrained_model/convnextv2_tiny_1k_224_ema.pt"
 PRIOR_WEIGHT = 0.1
@@ -103,8 +104,8 @@ def build_parser(setting: Setting, dataset: str) -> ArgumentParser:
     p.add_argument("--gpu_normalize", action="store_true",
                    help="loaders send uint8; ToTensor/Normalize run on the device (same values, same draws)")
     p.add_argument("--resume", action="store_true",
-                   help=f"continue the run in <savedir>/{CHECKPOINT} with the flags it was started with; only "
-                        f"{', '.join('--' + f for f in MACHINE_FLAGS[:4] + MOVABLE_FLAGS)} may be given anew")
+                   help=f"continue the run in <savedir>/{LAST_CHECKPOINT_FILE} with the flags it was started with; "
+                        f"only {', '.join('--' + f for f in MACHINE_FLAGS[:4] + MOVABLE_FLAGS)} may be given anew")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in a --savedir that holds another run; that run's files are removed once "
                         "this run has written its first checkpoint")
@@ -124,14 +125,14 @@ def build_parser(setting: Setting, dataset: str) -> ArgumentParser:
                    if setting.val_list_by_default else   # QuickDraw: the released run validates on nothing
                    f"hold out this fraction of each class's training sketches for validation and keep the best "
                    f"epoch (e.g. {VAL_FRACTION}); 0: no validation, all training sketches train and the last "
-                   "epoch is model_best, as in the released run")
+                   f"epoch is {BEST_CHECKPOINT_FILE}, as in the released run")
     if not setting.val_list_by_default:
         p.add_argument("--val_list", action="store_true",
                        help="validate on the split's sketch_test-role list (sketch_filelist_test.txt, "
                             "sketch_test.txt or sketch_tx_..._filelist_test.txt) and keep the best epoch")
     p.add_argument("--detach_reverse_target", action="store_true",
                    help="variant: the reverse loss L_kd(t<-s) does not push the student")
-    p.add_argument("--no_figures", action="store_true", help=f"do not write {FIGURE}")
+    p.add_argument("--no_figures", action="store_true", help=f"do not write {TRAINING_CURVES_FILE}")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p
 
@@ -427,8 +428,8 @@ class Trainer:
 
     # -- checkpointing
     def config(self) -> dict[str, Any]:
-        return {"setting": self.setting.name, "model": self.args.model, "n_seen": self.data.n_seen,
-                "img_size": self.args.img_size, "feature_dim": self.student_module.feature_dim}
+        return student_config(self.setting, self.args.model, self.data.n_seen, self.args.img_size,
+                              self.student_module.feature_dim)
 
     def provenance(self, next_epoch: int, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
         """What made the checkpoint (utils/provenance.py): the contract the test scripts read."""
@@ -441,20 +442,17 @@ class Trainer:
     def state(self, next_epoch: int) -> dict[str, Any]:
         state_dict = self.student_module.state_dict()
         return {
-            "epoch": next_epoch,  # the epoch a resumed run starts with
-            "state_dict": state_dict,
+            **student_checkpoint(state_dict, self.config(), next_epoch, self.best_acc1),
             "teacher_head": self.teacher.head().state_dict(),
-            "best_acc1": self.best_acc1,
             "optimizer": self.opt_student.state_dict(),
             "optimizer_1": self.opt_teacher.state_dict(),
             "rng": rng_state(),
-            "config": self.config(),
             "args": {k: v for k, v in vars(self.args).items() if isinstance(v, (str, int, float, bool, type(None)))},
             "provenance": self.provenance(next_epoch, state_dict),
         }
 
     def resume(self) -> None:
-        path = self.savedir / CHECKPOINT
+        path = self.savedir / LAST_CHECKPOINT_FILE
         if not path.is_file():
             raise UserError(f"--resume: {path} does not exist (nothing to resume; drop --resume to start afresh)")
         ckpt = load_checkpoint(path)
@@ -485,7 +483,7 @@ class Trainer:
             set_rng_state(ckpt["rng"])
         if self.is_main:
             print(f"resumed from {path}: continuing at epoch {self.start_epoch}")
-            rewrite_log(self.savedir / LOG, self.start_epoch)
+            rewrite_log(self.savedir / LOG_FILE, self.start_epoch)
 
     def save(self, epoch: int, val_top1: Optional[float]) -> None:
         """Checkpoint after ``epoch``; copy it to model_best when top-1 beats every earlier epoch (warm-up
@@ -498,23 +496,24 @@ class Trainer:
         improved = improved and bidirectional
         if not self.is_main:
             return
-        ckpt = self.savedir / CHECKPOINT
+        ckpt = self.savedir / LAST_CHECKPOINT_FILE
         atomic_save(self.state(epoch + 1), ckpt)
         self.epochs_done = epoch + 1
         self.remove_earlier_run()
         last = epoch == self.args.epochs - 1
         if improved or (bidirectional and self.data.val is None):
-            copy_atomic(ckpt, self.savedir / BEST)
-        elif last and not (self.savedir / BEST).exists():
-            print(f"note: no epoch after warm-up beat the warm-up's best top-1; {BEST} = the last epoch")
-            copy_atomic(ckpt, self.savedir / BEST)
+            copy_atomic(ckpt, self.savedir / BEST_CHECKPOINT_FILE)
+        elif last and not (self.savedir / BEST_CHECKPOINT_FILE).exists():
+            print(f"note: no epoch after warm-up beat the warm-up's best top-1; {BEST_CHECKPOINT_FILE} = the last "
+                  "epoch")
+            copy_atomic(ckpt, self.savedir / BEST_CHECKPOINT_FILE)
 
     def remove_earlier_run(self) -> None:
         """--overwrite: the earlier run's files go once this run has written its first checkpoint."""
         if not self.earlier_files:
             return
         for f in self.earlier_files:
-            if f.name != CHECKPOINT:   # that one this run has just replaced
+            if f.name != LAST_CHECKPOINT_FILE:   # that one this run has just replaced
                 f.unlink(missing_ok=True)
         print(f"note: --overwrite: this run has written its first checkpoint, so the earlier run's files in "
               f"{self.savedir} are gone ({', '.join(f.name for f in self.earlier_files)})")
@@ -563,7 +562,7 @@ class Trainer:
         bar = progress(total=n_steps, desc=f"epoch {epoch} {'bidirectional' if bidirectional else 'warm-up'}",
                        unit="step", disable=not self.is_main, file=sys.stdout)
         done = 0
-        watch = FiniteWatch(self.savedir / CHECKPOINT)
+        watch = FiniteWatch(self.savedir / LAST_CHECKPOINT_FILE)
         for x, y, is_photo in self.batches():
             if done >= n_steps:
                 break
@@ -659,7 +658,7 @@ class Trainer:
                 record = {"epoch": epoch, "phase": "bidirectional" if epoch >= args.warmup_epochs else "warmup",
                           "lr": lr_s, "teacher_lr": lr_t, "loss_reverse": None, **stats, "val_top1_pct": top1,
                           "best_top1_pct": self.best_acc1}
-                with open(self.savedir / LOG, "a") as fh:
+                with open(self.savedir / LOG_FILE, "a") as fh:
                     fh.write(json.dumps(record) + "\n")
                 top = f"{top1:.2f}%" if top1 is not None else "n/a"
                 print(f"epoch {epoch}: loss {stats['loss_total']:.4f}, val top-1 {top}, "
@@ -667,7 +666,8 @@ class Trainer:
                 self.figures()
             barrier(self.info)
         if self.is_main:
-            print(f"done: {self.savedir / CHECKPOINT}, {self.savedir / BEST}, {self.savedir / LOG}")
+            print(f"done: {self.savedir / LAST_CHECKPOINT_FILE}, {self.savedir / BEST_CHECKPOINT_FILE}, "
+                  f"{self.savedir / LOG_FILE}")
 
     def figures(self) -> None:
         if self.args.no_figures:
@@ -676,13 +676,13 @@ class Trainer:
             from utils.plotting import plot_training_curves
         except ImportError:
             return
-        plot_training_curves(self.savedir / LOG, self.savedir / "training_curves.png")
+        plot_training_curves(self.savedir / LOG_FILE, self.savedir / TRAINING_CURVES_FILE)
 
 
 def interrupted_message(dataset: str, args: argparse.Namespace, explicit: dict[str, Any],
                         trainer: Optional[Trainer], world_size: int) -> str:
     """Ctrl-C: one line, with the exact command that continues the run when it has a checkpoint."""
-    ckpt = Path(args.savedir) / CHECKPOINT
+    ckpt = Path(args.savedir) / LAST_CHECKPOINT_FILE
     if not args.resume and (trainer is None or trainer.epochs_done == 0):
         kept = " (the earlier run's files are untouched)" if args.overwrite else ""
         return (f"interrupted before this run's first checkpoint: nothing was written{kept}; "
