@@ -13,6 +13,7 @@ from tqdm import tqdm
 from data import check as data_check
 from data import demo as data_demo
 from data.registry import SETTINGS
+from engine import check as engine_check
 from engine import demo as engine_demo
 from engine import evaluate, train
 from retrieval import tables
@@ -29,6 +30,7 @@ def _parsers():
     yield "engine.demo", engine_demo.build_parser()
     yield "data.demo", data_demo.build_parser()
     yield "data.check", data_check.build_parser()
+    yield "engine.check", engine_check.build_parser()
     yield "retrieval.tables", tables.build_parser()
     environ = dict(os.environ)                  # the app's module sets OMP_WAIT_POLICY for its own process
     yield "search_app.py", runpy.run_path(str(Path(__file__).resolve().parent.parent / "search_app.py"))["build_parser"]()
