@@ -7,6 +7,7 @@ distance as in evaluation, or by the one-to-many blend at the (M, K) the run's `
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,6 @@ from PIL import Image
 
 from app.gallery import Gallery, folder_gallery, zero_gallery
 from app.images import QueryError, decode_query, gallery_dataset
-from data.demo import MARKER_FILE
 from data.transforms import test_transform
 from engine.extract import extract_features
 from models import load_student_checkpoint
@@ -32,10 +32,16 @@ from utils.run_files import BEST_CHECKPOINT_FILE, RESULTS_FILE
 
 MAX_K = 200
 DEFAULT_K = 20
-# Suggested pen width on the 256 px canvas: the public datasets' sketches have thin strokes, the
-# generated demo sketches are drawn with thick pens (data/demo.py).
+# Suggested pen width on the 256 px canvas: thin, like the public datasets' sketches, but thick enough to stay
+# MIN_INPUT_STROKE px wide after the resize to the checkpoint's input size (at 64 px a 3 px stroke fades to a
+# faint grey line: 7 px there, 3 px at 224 px).
+CANVAS_SIZE = 256
 STROKE_WIDTH = 3
-DEMO_STROKE_WIDTH = 7
+MIN_INPUT_STROKE = 1.75
+
+
+def suggested_stroke_width(img_size: int) -> int:
+    return max(STROKE_WIDTH, math.ceil(MIN_INPUT_STROKE * CANVAS_SIZE / img_size))
 
 
 @dataclass
@@ -96,7 +102,7 @@ class SketchSearcher:
 
     def __init__(self, student: torch.nn.Module, config: dict[str, Any], gallery: Gallery, device: torch.device,
                  one_to_many: Optional[OneToMany] = None, no_one_to_many_reason: str = "",
-                 checkpoint: str = "", stroke_width: int = STROKE_WIDTH):
+                 checkpoint: str = "", stroke_width: Optional[int] = None):
         self.student = student.eval()
         self.config = config
         self.img_size = int(config.get("img_size", 224))
@@ -108,7 +114,7 @@ class SketchSearcher:
         self.one_to_many = one_to_many
         self.no_one_to_many_reason = no_one_to_many_reason
         self.checkpoint = checkpoint
-        self.stroke_width = stroke_width
+        self.stroke_width = suggested_stroke_width(self.img_size) if stroke_width is None else stroke_width
         self._lock = threading.Lock()     # one query at a time on the model: predictable latency, no oversubscription
         self._forward = self.student.embed
         self.compiled = False
@@ -241,9 +247,7 @@ def build_searcher(trained: TrainedStudent, resume_dir: Path, gallery: str = "ze
             otm = OneToMany(m, k, alpha)
         except UserError as exc:
             reason = f"M={m}, K={k} do not fit this gallery ({exc})"
-    demo = gallery == "zero" and (chosen.root / MARKER_FILE).is_file()
-    return SketchSearcher(student, config, chosen, device, otm, reason, str(trained.checkpoint),
-                          DEMO_STROKE_WIDTH if demo else STROKE_WIDTH)
+    return SketchSearcher(student, config, chosen, device, otm, reason, str(trained.checkpoint))
 
 
 def load_searcher(resume_dir: Path, gallery: str = "zero", data_root: Path = Path("datasets"),

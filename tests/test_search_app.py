@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from app.gallery import cache_path, embed_with_cache, features_file_usable  # noqa: E402
-from app.searcher import build_searcher, load_searcher, load_trained_student  # noqa: E402
+from app.searcher import build_searcher, load_searcher, load_trained_student, suggested_stroke_width  # noqa: E402
 from app.server import create_app, serve_in_thread  # noqa: E402
 from data.transforms import test_transform as sketch_transform  # noqa: E402
 from retrieval.feature_io import FeatureSet, save_features  # noqa: E402
@@ -112,6 +112,8 @@ def test_info_describes_the_run(run):
     assert info["gallery"]["size"] == 8 and info["gallery"]["labelled"]
     assert info["gallery"]["classes"] == ["unseen class 0", "unseen class 1"]
     assert info["one_to_many"] is None and "results.json" in info["one_to_many_reason"]
+    # the suggested pen survives the resize to the model's input: thick at 32 px, thin at the paper's 224 px
+    assert info["stroke_width"] == 14 and suggested_stroke_width(64) == 7 and suggested_stroke_width(224) == 3
     page = client.get("/")
     assert page.status_code == 200 and '<canvas id="pad"' in page.text
 
