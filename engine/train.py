@@ -47,7 +47,8 @@ DEFAULT_PRETRAINED = "pretrained_model/convnextv2_tiny_1k_224_ema.pt"
 PRIOR_WEIGHT = 0.1
 # What each logged loss term is, for the training-curve figure's legend.
 LOSS_TERM_LABELS = {"loss_ce": "ce: seen-class cross-entropy", "loss_kd": "kd: student \u2190 teacher",
-                    "loss_prior": "prior: Gaussian KL", "loss_reverse": "reverse kd: teacher \u2190 student"}
+                    "loss_prior": "prior: Gaussian KL",
+                    "loss_reverse": "reverse kd: teacher \u2190 student (after warm-up)"}
 LR_DECAY = 0.001           # lr(e) = base * LR_DECAY ** (e / epochs)
 
 
