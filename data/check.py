@@ -21,7 +21,8 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from data.lists import parse_list_file, read_class_file
-from data.registry import REQUIRED_ROLES, SETTINGS, Setting, SettingPaths, get_setting, resolve_paths
+from data.registry import (REQUIRED_ROLES, SETTINGS, Setting, SettingPaths, get_setting, published_settings,
+                           resolve_paths)
 from utils.errors import UserError, run_cli
 from utils.cli import ArgumentParser
 
@@ -307,7 +308,7 @@ def check_features(setting: Setting, folder: Path, n_unseen: int, zero_counts: d
 def settings_to_check(names: Optional[list[str]], data_root: Path) -> list[Setting]:
     if names:
         return [get_setting(n) for n in names]
-    published = [s for s in SETTINGS.values() if not s.custom]   # a custom dataset is checked when named
+    published = published_settings()           # a dataset of your own is checked when named
     found = [s for s in published if (data_root / s.dataset_dir).is_dir()]
     if not found:
         folders = ", ".join(sorted({s.dataset_dir for s in published}))

@@ -140,6 +140,11 @@ _register(Setting(
     train_script="train_custom.py", test_script="test_custom_zeroshot.py", custom=True))
 
 
+def published_settings() -> list[Setting]:
+    """The settings of the paper's table (every one but a dataset of your own)."""
+    return [s for s in SETTINGS.values() if not s.custom]
+
+
 def train_script_of(dataset: str) -> str:
     """The training script of a dataset (``sketchy`` -> ``train_sketchy_ext.py``)."""
     return next(s.train_script for n, s in SETTINGS.items() if n.split("/", 1)[0] == dataset)

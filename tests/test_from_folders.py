@@ -1,5 +1,5 @@
-"""A dataset of your own: class folders -> data.from_folders -> train_custom.py, test_custom_zeroshot.py, data.check;
-and one sentence for each kind of bad input."""
+"""A dataset of your own: class folders -> data.from_folders -> train_custom.py, test_custom_zeroshot.py,
+data.check and the app; and one sentence for each kind of bad input."""
 import json
 import runpy
 import sys
@@ -189,3 +189,28 @@ def test_smoke_training_test_script_and_check_work_on_it(dataset, trained_run, m
         ("lists", "images", "cid_mask", "features"), "ok")
     assert cells["counts"].status == "skipped" and "no published counts" in cells["counts"].first
     assert "10 queries" in cells["features"].first
+
+    from app.searcher import load_searcher           # the sketch-search app serves its unseen-class photos
+
+    searcher = load_searcher(trained_run, "zero", dataset)
+    assert len(searcher.gallery.paths) == 8 and searcher.gallery.class_names == ["crescent moon", "star"]
+
+
+def test_training_without_data_root_says_what_it_needs(monkeypatch, capsys):
+    code, _, err = run("train_custom.py", "--smoke", monkeypatch=monkeypatch, capsys=capsys)
+    assert "--data_root ROOT is needed for custom/zeroshot" in one_error(code, err)
+
+
+def test_the_papers_table_leaves_custom_results_out_and_says_so(tmp_path, capsys):
+    from retrieval import tables
+    from tests.test_tables import write_run
+
+    write_run(tmp_path / "custom" / "zeroshot", "custom/zeroshot", 0)
+    with pytest.raises(Exception, match=r"no results of the paper's settings under .*, only .*custom/zeroshot"):
+        tables.main(["--runs", str(tmp_path)])
+    write_run(tmp_path / "sketchy" / "zeroshot1", "sketchy/zeroshot1", 1)
+    tables.main(["--runs", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "1 results files: sketchy/zeroshot1 (sketchy/zeroshot1)" in out
+    assert f"left out: {tmp_path / 'custom' / 'zeroshot' / 'results.json'} (custom/zeroshot: a dataset of your own" in out
+    assert "custom" not in (tmp_path / "table.md").read_text()
