@@ -375,8 +375,10 @@ def initial_student(model: str, n_seen: int, pretrained: Optional[str], classifi
 class Trainer:
     """Holds models, optimisers and loaders of one run; ``fit`` runs the epochs."""
 
-    def __init__(self, args: argparse.Namespace, setting: Setting, info: DistInfo, device: torch.device):
+    def __init__(self, args: argparse.Namespace, setting: Setting, info: DistInfo, device: torch.device,
+                 demo: bool = False):
         self.args, self.setting, self.info, self.device = args, setting, info, device
+        self.demo = demo        # the demo said what it is once: no warnings about its random weights or CPU time
         self.savedir = Path(args.savedir)
         self.is_main = info.is_main
         # a fresh run: the earlier run's files, removed once this run has its first checkpoint (--overwrite)
@@ -413,7 +415,7 @@ class Trainer:
                                          num_workers=args.workers, pin_memory=pin)
 
         teacher_pretrained = self.teacher_pretrained
-        if "none" in (str(args.pretrained).lower(), str(teacher_pretrained).lower()):
+        if "none" in (str(args.pretrained).lower(), str(teacher_pretrained).lower()) and not self.demo:
             warn_random_weights()
         student = initial_student(args.model, self.data.n_seen, args.pretrained, args.classifier_init_std, args.seed,
                                   args.img_size)
@@ -658,7 +660,7 @@ class Trainer:
               f"{', channels_last' if a.channels_last else ''}; validation: {d.val_source}"
               f"{f', {self.n_val} of them used (--max_val_images)' if d.val is not None and self.n_val < len(d.val) else ''}"
               f"; run dir {self.savedir}")
-        if self.device.type == "cpu":
+        if self.device.type == "cpu" and not self.demo:
             estimate = cpu_estimate(a.model, a.img_size, a.batch_size, self.steps_per_epoch(),
                                     a.epochs - self.start_epoch, self.n_val, torch.get_num_threads())
             print(estimate, file=sys.stderr if estimate.startswith("warning") else sys.stdout, flush=True)
@@ -712,8 +714,9 @@ def interrupted_message(dataset: str, args: argparse.Namespace, explicit: dict[s
         dataset, args, explicit, world_size)
 
 
-def main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
-    """Entry point of ``train_<dataset>.py``."""
+def main(dataset: str, argv: Optional[Sequence[str]] = None, *, demo: bool = False) -> None:
+    """Entry point of ``train_<dataset>.py``. ``demo``: `make demo`'s run, which said at its start what it is
+    (random weights, a CPU, minutes): no random-weights warning, no CPU estimate."""
     argv = list(sys.argv[1:] if argv is None else argv)
     setting, args, explicit = parse_run_args(dataset, argv)
     info, device = init_distributed(args.device)
@@ -721,7 +724,7 @@ def main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
     try:
         if not info.is_main:
             warnings.filterwarnings("ignore")
-        trainer = Trainer(args, setting, info, device)
+        trainer = Trainer(args, setting, info, device, demo=demo)
         trainer.fit()
     except KeyboardInterrupt:
         raise KeyboardInterrupt(interrupted_message(dataset, args, explicit, trainer, info.world_size)) from None
