@@ -10,9 +10,9 @@ import math
 import os
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from data.registry import Setting
+from data.registry import Setting, train_script_of
 from models.sbka import DEFAULT_MODEL
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
@@ -49,7 +49,7 @@ def smoke_preset(setting: Setting) -> dict[str, Any]:
 
 def batch_rule(setting: Setting) -> str:
     d = setting.sketch_divisor
-    return f"{setting.dataset_dir} takes B//{d} sketches and {d - 1}*(B//{d}) photos"
+    return f"{setting.dataset_label} takes B//{d} sketches and {d - 1}*(B//{d}) photos"
 
 
 def batch_message(setting: Setting, batch_size: int) -> str:
@@ -125,7 +125,7 @@ def restore_run_args(args: argparse.Namespace, explicit: dict[str, Any], parser:
 def resume_command(dataset: str, args: argparse.Namespace, explicit: dict[str, Any], world_size: int) -> str:
     """The command that continues this run (the run's own flags come back from its checkpoint)."""
     launcher = ["python"] if world_size == 1 else ["torchrun", f"--nproc_per_node={world_size}"]
-    cmd = [*launcher, f"train_{dataset}_ext.py", "--resume", "--savedir", str(args.savedir)]
+    cmd = [*launcher, train_script_of(dataset), "--resume", "--savedir", str(args.savedir)]
     for dest in ("data_root", "device", "workers", "amp", "channels_last", "no_figures"):
         if dest in explicit:
             value = explicit[dest]
@@ -156,10 +156,11 @@ def claim_savedir(savedir: Path, overwrite: bool) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------------------- checkpoint layout
-def student_config(setting: Setting, model: str, n_seen: int, img_size: int, feature_dim: int) -> dict[str, Any]:
+def student_config(setting: Setting, model: str, n_seen: int, img_size: int, feature_dim: int,
+                   teacher_model: Optional[str] = None) -> dict[str, Any]:
     """A checkpoint's ``config``: what rebuilds its student (models.student_from_checkpoint) and what it was for."""
-    return {"setting": setting.name, "model": model, "n_seen": n_seen, "img_size": img_size,
-            "feature_dim": feature_dim}
+    return {"setting": setting.name, "model": model, "teacher_model": teacher_model or model, "n_seen": n_seen,
+            "img_size": img_size, "feature_dim": feature_dim}
 
 
 def student_checkpoint(state_dict: dict, config: dict[str, Any], epoch: int, best_acc1: float = 0.0) -> dict[str, Any]:

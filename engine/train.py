@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
@@ -32,9 +31,10 @@ from data.transforms import test_transform, to_model_input, train_transform
 from engine.runs import (MACHINE_FLAGS, MOVABLE_FLAGS, TRAINING_LIST_ROLES, batch_message, batch_rule, claim_savedir,
                          cpu_estimate, restore_run_args, resume_command, smoke_preset, student_checkpoint,
                          student_config)
-from losses import gaussian_prior_kl, semantic_soft_cross_entropy
-from models import SBKAStudent, SBKATeacher, build_student, build_teacher
-from models.sbka import CLASSIFIER_INIT_STD, DEFAULT_MODEL, warn_random_weights
+from engine.training_curves import plot_training_curves
+from losses import LOSS_TERM_LABELS, PRIOR_WEIGHT, SEMANTIC_BIAS, SBKAObjective
+from models import SBKAStudent, SBKATeacher, build_student, build_teacher, check_model_name
+from models.sbka import CLASSIFIER_INIT_STD, DEFAULT_MODEL, warn_random_weights, weights_source
 from utils.checkpoint import atomic_save, atomic_write, load_checkpoint
 from utils.cli import ArgumentParser, explicit_flags
 from utils.distributed import DistInfo, all_reduce_sum, average_gradients, barrier, cleanup, init_distributed
@@ -44,7 +44,6 @@ from utils.provenance import list_fingerprint, new_run_id, project_version, stat
 from utils.run_files import BEST_CHECKPOINT_FILE, LAST_CHECKPOINT_FILE, LOG_FILE, TRAINING_CURVES_FILE
 
 DEFAULT_PRETRAINED = "pretrained_model/convnextv2_tiny_1k_224_ema.pt"
-PRIOR_WEIGHT = 0.1
 LR_DECAY = 0.001           # lr(e) = base * LR_DECAY ** (e / epochs)
 
 
@@ -76,11 +75,23 @@ def build_parser(setting: Setting, dataset: str) -> ArgumentParser:
     if len(versions) > 1:
         p.add_argument("--zero_version", choices=list(versions), default=setting.split_dir,
                        help="which zero-shot split")
-    p.add_argument("--data_root", default="datasets", help=f"folder holding {setting.dataset_dir}/")
+    p.add_argument("--data_root", default=None if setting.custom else "datasets",
+                   help=setting.data_root_help + (" (no default: required, except that --resume takes the run's)"
+                                                  if setting.custom else ""))
     p.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
-                   help="official ConvNeXt-V2 checkpoint, or 'none' for random weights (smoke runs only)")
+                   help="weights of student and teacher: a file (the official ConvNeXt-V2 checkpoint, or a timm-format "
+                        "state dict, loaded strictly), 'timm' (timm's own pretrained weights of --model, from its "
+                        "cache or the Hugging Face Hub), or 'none' for random weights (smoke runs only)")
+    p.add_argument("--teacher_pretrained", default=None,
+                   help="the teacher's weights when they differ from --pretrained (a file, 'timm' or 'none'; "
+                        "default: --pretrained)")
     p.add_argument("--savedir", default=setting.checkpoint_dir, help="run directory (checkpoints, log)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="timm model name")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="the student: any timm ImageNet-1k classifier (e.g. convnextv2_tiny, convnext_tiny, "
+                        "vit_small_patch16_224; a tag such as convnextv2_tiny.fcmae_ft_in1k picks --pretrained timm's "
+                        "weights)")
+    p.add_argument("--teacher_model", default=None,
+                   help="the teacher, a timm classifier of the 1000 ImageNet classes (default: --model)")
     p.add_argument("--img_size", type=int, default=224, help="input size")
     p.add_argument("--epochs", type=int, default=setting.epochs, help="training epochs, warm-up included")
     p.add_argument("--warmup_epochs", type=int, default=setting.warmup_epochs,
@@ -130,9 +141,15 @@ def build_parser(setting: Setting, dataset: str) -> ArgumentParser:
         p.add_argument("--val_list", action="store_true",
                        help="validate on the split's sketch_test-role list (sketch_filelist_test.txt, "
                             "sketch_test.txt or sketch_tx_..._filelist_test.txt) and keep the best epoch")
+    p.add_argument("--prior_weight", type=float, default=PRIOR_WEIGHT,
+                   help=f"weight of the Gaussian-prior KL term in the student objective (released: {PRIOR_WEIGHT:g}; "
+                        "0: no prior)")
+    p.add_argument("--semantic_bias", type=float, default=SEMANTIC_BIAS,
+                   help=f"weight of the cid_mask row added to both distillation targets (released: "
+                        f"{SEMANTIC_BIAS:g}; 0: no semantic bias)")
     p.add_argument("--detach_reverse_target", action="store_true",
                    help="variant: the reverse loss L_kd(t<-s) does not push the student")
-    p.add_argument("--no_figures", action="store_true", help=f"do not write {TRAINING_CURVES_FILE}")
+    p.add_argument("--no_figures", action="store_true", help=f"do not write {TRAINING_CURVES_FILE} (and its PDF)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p
 
@@ -145,12 +162,15 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--warmup_epochs must be 0 or more, got {args.warmup_epochs}")
     if args.workers < 0:
         raise UserError(f"--workers must be 0 or more, got {args.workers}")
+    check_model_name(args.model, "--model")
+    if args.teacher_model is not None:
+        check_model_name(args.teacher_model, "--teacher_model")
     for flag in ("max_steps_per_epoch", "max_val_images"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     if not 0 < args.lr_decay <= 1:
         raise UserError(f"--lr_decay must be in (0, 1], got {args.lr_decay}")
-    for flag in ("lr", "weight_decay"):
+    for flag in ("lr", "weight_decay", "prior_weight", "semantic_bias"):
         if not math.isfinite(getattr(args, flag)) or getattr(args, flag) < 0:
             raise UserError(f"--{flag} must be a non-negative number, got {getattr(args, flag)}")
 
@@ -172,6 +192,8 @@ def parse_run_args(dataset: str, argv: Sequence[str]) -> tuple[Setting, argparse
         restore_run_args(args, explicit, parser)
         if hasattr(args, "zero_version"):   # the run's own split
             setting = settings_of(dataset)[args.zero_version]
+    if args.data_root is None:
+        raise UserError(f"--data_root ROOT is needed for {setting.name}: {setting.data_root_help}")
     check_args(args)
     return setting, args, explicit
 
@@ -326,47 +348,38 @@ class FiniteWatch:
             f"{self.checkpoint} (the last good state) was kept: lower --lr or check the data")
 
 
-def sbka_losses(student: torch.nn.Module, teacher: SBKATeacher, x: torch.Tensor, y: torch.Tensor,
-                is_photo: torch.Tensor, mask: Optional[torch.Tensor], bidirectional: bool,
-                detach_reverse_target: bool, autocast) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """All loss terms of one step and the total whose single backward gives METHOD section 4's gradients.
+def step_losses(student: torch.nn.Module, teacher: SBKATeacher, objective: SBKAObjective, x: torch.Tensor,
+                y: torch.Tensor, is_photo: torch.Tensor, cid_mask: Optional[torch.Tensor], bidirectional: bool,
+                autocast) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The forward passes of one step and the objective on them: (total, terms).
 
-    Student: grad of L_ce + L_kd(s<-t) + 0.1 L_prior (+ L_kd(t<-s) unless detached). Teacher head: grad of
-    L_kd(t<-s) only -- the released code zeroes the teacher's grads from L_kd(s<-t) before the reverse
-    backward, which equals detaching the teacher logits inside L_kd(s<-t), as done here.
+    Warm-up: the teacher runs without a graph (nothing of it learns); bidirectional: with one, so the
+    objective's reverse term reaches its head.
     """
     with autocast:
-        seen_logits, imagenet_logits, feature = student(x)
+        student_outputs = student(x)
         if bidirectional:
             teacher_logits = teacher(x)
         else:
             with torch.no_grad():
                 teacher_logits = teacher(x)
-    terms = {
-        "loss_ce": F.cross_entropy(seen_logits.float(), y),
-        "loss_kd": semantic_soft_cross_entropy(imagenet_logits, teacher_logits.detach(), is_photo, mask),
-        "loss_prior": gaussian_prior_kl(feature),
-    }
-    total = terms["loss_ce"] + terms["loss_kd"] + PRIOR_WEIGHT * terms["loss_prior"]
-    if bidirectional:
-        target = imagenet_logits.detach() if detach_reverse_target else imagenet_logits
-        terms["loss_reverse"] = semantic_soft_cross_entropy(teacher_logits, target, is_photo, mask)
-        total = total + terms["loss_reverse"]
-    return total, terms
+    return objective(student_outputs, teacher_logits, y, is_photo, cid_mask, bidirectional)
 
 
 def initial_student(model: str, n_seen: int, pretrained: Optional[str], classifier_std: float,
-                    seed: int) -> SBKAStudent:
+                    seed: int, img_size: int = 224) -> SBKAStudent:
     """The student a run starts from: its new classifier (and a random backbone) depend on ``seed`` only."""
     torch.manual_seed(seed)
-    return build_student(model, n_seen, pretrained, classifier_std)
+    return build_student(model, n_seen, pretrained, classifier_std, img_size)
 
 
 class Trainer:
     """Holds models, optimisers and loaders of one run; ``fit`` runs the epochs."""
 
-    def __init__(self, args: argparse.Namespace, setting: Setting, info: DistInfo, device: torch.device):
+    def __init__(self, args: argparse.Namespace, setting: Setting, info: DistInfo, device: torch.device,
+                 demo: bool = False):
         self.args, self.setting, self.info, self.device = args, setting, info, device
+        self.demo = demo        # the demo said what it is once: no warnings about its random weights or CPU time
         self.savedir = Path(args.savedir)
         self.is_main = info.is_main
         # a fresh run: the earlier run's files, removed once this run has its first checkpoint (--overwrite)
@@ -380,6 +393,7 @@ class Trainer:
                                getattr(args, "val_list", False), normalize=not args.gpu_normalize)
         self.cid_mask = (load_cid_mask(paths.cid_mask_file, self.data.n_seen).to(device)
                          if setting.use_cid_mask else None)
+        self.objective = SBKAObjective(args.prior_weight, args.semantic_bias, args.detach_reverse_target)
 
         n_sk, n_ph = setting.split_batch(args.batch_size)
         if n_sk % info.world_size or n_ph % info.world_size:
@@ -401,12 +415,13 @@ class Trainer:
             self.val_loader = DataLoader(shard, batch_size=max(1, n_ph // info.world_size),
                                          num_workers=args.workers, pin_memory=pin)
 
-        pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
-        if pretrained is None:
+        teacher_pretrained = self.teacher_pretrained
+        if "none" in (str(args.pretrained).lower(), str(teacher_pretrained).lower()) and not self.demo:
             warn_random_weights()
-        student = initial_student(args.model, self.data.n_seen, pretrained, args.classifier_init_std, args.seed)
+        student = initial_student(args.model, self.data.n_seen, args.pretrained, args.classifier_init_std, args.seed,
+                                  args.img_size)
         torch.manual_seed(args.seed + 1)
-        self.teacher = build_teacher(args.model, pretrained)
+        self.teacher = build_teacher(self.teacher_model, teacher_pretrained, args.img_size)
         memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         student.to(device, memory_format=memory_format)
         self.teacher.to(device, memory_format=memory_format)
@@ -427,9 +442,17 @@ class Trainer:
             print("note: --amp has effect on CUDA only; running in fp32", file=sys.stderr)
 
     # -- checkpointing
+    @property
+    def teacher_model(self) -> str:
+        return self.args.teacher_model or self.args.model
+
+    @property
+    def teacher_pretrained(self) -> str:
+        return self.args.pretrained if self.args.teacher_pretrained is None else self.args.teacher_pretrained
+
     def config(self) -> dict[str, Any]:
         return student_config(self.setting, self.args.model, self.data.n_seen, self.args.img_size,
-                              self.student_module.feature_dim)
+                              self.student_module.feature_dim, self.teacher_model)
 
     def provenance(self, next_epoch: int, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
         """What made the checkpoint (utils/provenance.py): the contract the test scripts read."""
@@ -567,9 +590,8 @@ class Trainer:
             if done >= n_steps:
                 break
             step = done
-            mask = self.cid_mask[y] if self.cid_mask is not None else None
-            total, terms = sbka_losses(self.student, self.teacher, x, y, is_photo, mask, bidirectional,
-                                       args.detach_reverse_target, autocast)
+            total, terms = step_losses(self.student, self.teacher, self.objective, x, y, is_photo, self.cid_mask,
+                                       bidirectional, autocast)
             watch.record(step, total, terms)
             if step % self.finite_check_every == 0 or step == n_steps - 1:
                 watch.check(epoch)
@@ -628,13 +650,15 @@ class Trainer:
         print(f"SBKA training on {self.setting.name}: {len(d.sketches)} sketches, {len(d.photos)} photos, "
               f"{d.n_seen} seen classes; {batch_message(self.setting, a.batch_size)}, over "
               f"{self.info.world_size} process(es); {self.steps_per_epoch()} steps/epoch")
-        print(f"model {a.model} ({'random weights' if str(a.pretrained).lower() == 'none' else a.pretrained}), "
+        print(f"student {a.model} ({weights_source(a.model, a.pretrained)}), teacher {self.teacher_model} "
+              f"({weights_source(self.teacher_model, self.teacher_pretrained)}), {self.student_module.feature_dim}-d "
+              f"features, "
               f"{a.epochs} epochs, warm-up epochs 0..{a.warmup_epochs - 1}, lr {a.lr:g} (teacher {self.teacher_lr:g}), "
               f"device {self.device}{', bf16 autocast' if self.use_amp else ''}"
               f"{', channels_last' if a.channels_last else ''}; validation: {d.val_source}"
               f"{f', {self.n_val} of them used (--max_val_images)' if d.val is not None and self.n_val < len(d.val) else ''}"
               f"; run dir {self.savedir}")
-        if self.device.type == "cpu":
+        if self.device.type == "cpu" and not self.demo:
             estimate = cpu_estimate(a.model, a.img_size, a.batch_size, self.steps_per_epoch(),
                                     a.epochs - self.start_epoch, self.n_val, torch.get_num_threads())
             print(estimate, file=sys.stderr if estimate.startswith("warning") else sys.stdout, flush=True)
@@ -672,11 +696,8 @@ class Trainer:
     def figures(self) -> None:
         if self.args.no_figures:
             return
-        try:
-            from utils.plotting import plot_training_curves
-        except ImportError:
-            return
-        plot_training_curves(self.savedir / LOG_FILE, self.savedir / TRAINING_CURVES_FILE)
+        plot_training_curves(self.savedir / LOG_FILE, self.savedir / TRAINING_CURVES_FILE,
+                             self.objective.term_weights(), LOSS_TERM_LABELS, self.data.n_seen)
 
 
 def interrupted_message(dataset: str, args: argparse.Namespace, explicit: dict[str, Any],
@@ -692,8 +713,9 @@ def interrupted_message(dataset: str, args: argparse.Namespace, explicit: dict[s
         dataset, args, explicit, world_size)
 
 
-def main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
-    """Entry point of ``train_<dataset>.py``."""
+def main(dataset: str, argv: Optional[Sequence[str]] = None, *, demo: bool = False) -> None:
+    """Entry point of ``train_<dataset>.py``. ``demo``: `make demo`'s run, which said at its start what it is
+    (random weights, a CPU, minutes): no random-weights warning, no CPU estimate."""
     argv = list(sys.argv[1:] if argv is None else argv)
     setting, args, explicit = parse_run_args(dataset, argv)
     info, device = init_distributed(args.device)
@@ -701,7 +723,7 @@ def main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
     try:
         if not info.is_main:
             warnings.filterwarnings("ignore")
-        trainer = Trainer(args, setting, info, device)
+        trainer = Trainer(args, setting, info, device, demo=demo)
         trainer.fit()
     except KeyboardInterrupt:
         raise KeyboardInterrupt(interrupted_message(dataset, args, explicit, trainer, info.world_size)) from None
@@ -709,4 +731,4 @@ def main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
         cleanup(info)
 
 
-__all__ = ["main", "lr_at", "sbka_losses", "Trainer", "build_parser", "get_setting"]
+__all__ = ["main", "lr_at", "step_losses", "Trainer", "build_parser", "get_setting"]

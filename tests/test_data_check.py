@@ -49,8 +49,12 @@ def cell(rows, check_name, setting="sketchy/zeroshot1"):
 def test_good_tree_has_no_error_and_names_the_naming(tree, tmp_path, capsys):
     root, _ = tree
     assert check.main(["--data_root", str(root), "--workers", "0"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "| sketchy/zeroshot1 | ok |" in out and "naming sketch_tx_000000000000_ready_filelist_train.txt" in out
+    details = out[out.index("\nsketchy/zeroshot1 lists: "):]    # the full messages, below the table: never cut
+    assert "…" not in details and "all_photo_filelist_zero.txt" in details
+    assert "decode images: 100%" in captured.err and "\r" not in captured.err      # off a terminal: plain lines
     # the data check says how to run the full one, which adds its two columns to the same table
     assert "| setting | lists | counts | images | cid_mask |\n" in out and check.FULL_CHECK in out.splitlines()[-1]
     assert full_check.main(["--data_root", str(root), "--runs", str(tmp_path / "r"), "--pretrained", "none",
@@ -102,7 +106,7 @@ def test_at_most_twenty_problems_are_listed_then_a_count(tree, tmp_path):
     f.write_text(f.read_text() + "".join(f"nowhere/{i}.png 0\n" for i in range(25)))
     rows, _ = run(root, tmp_path)
     msgs = cell(rows, "images").messages
-    assert len(msgs) == check.MAX_LISTED + 1 and msgs[-1].startswith("… and 5 more images")
+    assert len(msgs) == check.MAX_LISTED + 1 and msgs[-1].startswith("and 5 more images")
 
 
 def test_out_of_range_label_is_an_error_with_file_and_line(tree, tmp_path):
