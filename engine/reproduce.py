@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from data.registry import Setting, get_setting, resolve_paths
-from engine.runs import BEST, CHECKPOINT, MACHINE_FLAGS, MOVABLE_FLAGS, claim_savedir, cpu_cost, duration_text
+from engine.runs import (BEST, CHECKPOINT, MACHINE_FLAGS, MOVABLE_FLAGS, _shown, claim_savedir, cpu_cost,
+                         duration_text)
 from retrieval.feature_io import FEATURES_FILE
 from retrieval.run_folder import TEST_SCRIPTS, previous_results, read_checkpoint, stale_reason, zero_lists
 from retrieval.tables import RESULTS_FILE
@@ -245,7 +246,7 @@ def flag_differences(stored: dict, fresh: argparse.Namespace) -> list[str]:
         if dest in MACHINE_FLAGS or dest in MOVABLE_FLAGS or not hasattr(fresh, dest):
             continue
         if getattr(fresh, dest) != value:
-            out.append(f"--{dest} {getattr(fresh, dest)} (the run has {value})")
+            out.append(f"--{dest} {_shown(getattr(fresh, dest))} (the run has {_shown(value)})")
     return out
 
 
@@ -489,7 +490,7 @@ class Executor:
 # ----------------------------------------------------------------------------------------------- main
 def print_plan(runs: list[Run], args: argparse.Namespace, groups: list[Optional[list[str]]], console: Console) -> None:
     where = (f"on the CPU, {len(groups)} at a time" if groups[0] is None else
-             f"on {' | '.join(','.join(g) for g in groups)} ({len(groups)} at a time"
+             f"on GPUs {' | '.join(','.join(g) for g in groups)} ({len(groups)} at a time"
              f"{', torchrun per training' if args.gpus_per_run > 1 else ''})")
     console.say(f"plan: {len(runs)} run(s) into {args.runs}, {where}; then the table "
                 f"({Path(args.runs) / 'table.csv'}, .md, .tex)")
@@ -539,7 +540,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     passed.check_all_used(script_parsers(args.settings))
     print_plan(runs, args, groups, console)
     if args.dry_run:
-        return 0
+        return 1 if any(r.error for r in runs) else 0
     work = [r for r in runs if not r.error and (r.train or r.test)]
     executor = Executor(runs, groups, console)
     interrupted = False

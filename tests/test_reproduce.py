@@ -155,7 +155,7 @@ def test_damaged_folders_are_repaired_by_doing_only_what_is_missing(reference, t
     torch.save(ckpt, foreign / "checkpoint.pth.tar")
     logs = {p: (p / reproduce.LOG_FILE).read_text() for p in (unfinished, untested)}
 
-    assert reproduce.main(command(data, mine, "--dry_run")[3:]) == 0
+    assert reproduce.main(command(data, mine, "--dry_run")[3:]) == 1          # one run would fail
     plan = capsys.readouterr().out
     assert "sketchy_zeroshot1/seed1: resume + test (unfinished run: resume from epoch 1 of 2; test: after" in plan
     assert "tuberlin_zeroshot/seed0: test (training finished (2 epochs); test: no results.json)" in plan
@@ -184,7 +184,7 @@ def test_gpu_groups_and_torchrun_in_the_plan(reference, tmp_path, capsys):
             "--test_args", "--batch_size 7", "--", "--amp", "--mode", "1"]
     assert reproduce.main(argv) == 0
     plan = capsys.readouterr().out
-    assert "on 0,1 | 2,3 (2 at a time, torchrun per training)" in plan
+    assert "on GPUs 0,1 | 2,3 (2 at a time, torchrun per training)" in plan
     train_lines = [line.strip() for line in plan.splitlines() if "train_quickdraw_ext.py" in line]
     assert len(train_lines) == 3
     assert all(t.startswith("torchrun --standalone --nproc_per_node=2 ") and "--amp" in t and "--mode" not in t
