@@ -6,13 +6,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.requirements-installed
 APP_STAMP := $(VENV)/.requirements-app-installed
+TEST_STAMP := $(VENV)/.requirements-test-installed
 APP_RUN  ?= checkpoint/demo
 APP_DATA ?= datasets/Demo
 APP_PORT ?= 7860
 
 ARGS ?=
 
-.PHONY: demo test clean-demo app app-deps app-run reproduce
+.PHONY: demo test test-deps clean-demo app app-deps app-run reproduce
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +25,13 @@ $(APP_STAMP): requirements-app.txt $(STAMP)
 	@touch $(APP_STAMP)
 
 app-deps: $(APP_STAMP)
+
+$(TEST_STAMP): requirements-test.txt $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
+	@touch $(TEST_STAMP)
+
+# Test-only extras (OpenCV for the image-decoding cross-checks); without them those tests skip, saying why.
+test-deps: $(TEST_STAMP)
 
 app-run:
 	@test -f $(APP_RUN)/model_best.pth.tar || { echo "no trained model in $(APP_RUN): run \`make demo\` first"; exit 2; }
@@ -42,4 +50,4 @@ reproduce: $(STAMP)
 	$(PY) -m engine.reproduce $(ARGS)
 
 clean-demo:
-	rm -rf datasets/Demo checkpoint/demo
+	rm -rf datasets/Demo checkpoint/demo checkpoint/demo_untrained

@@ -21,9 +21,11 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from data.lists import parse_list_file, read_class_file
-from data.registry import REQUIRED_ROLES, SETTINGS, Setting, SettingPaths, get_setting, resolve_paths
+from data.registry import (REQUIRED_ROLES, SETTINGS, Setting, SettingPaths, get_setting, published_settings,
+                           resolve_paths)
 from utils.errors import UserError, run_cli
 from utils.cli import ArgumentParser
+from utils.progress import progress
 
 # Line counts of the public packages' list files (METHOD.md section 1); None = not published exactly.
 PUBLIC_LIST_SIZES: dict[str, dict[str, int]] = {
@@ -75,8 +77,8 @@ class ListInfo:
 
 # ----------------------------------------------------------------------------------------------- lists
 def scheme_label(scheme: dict) -> str:
-    """A short name of a list-file naming: its sketch training list's file name."""
-    return scheme["sketch_train"]
+    """A list-file naming, whole: the file names of its required lists (the table cell shortens it, not this)."""
+    return ", ".join(scheme[role] for role in REQUIRED_ROLES)
 
 
 def complete_schemes(setting: Setting, split: Path) -> list[dict]:
@@ -97,11 +99,11 @@ def check_lists(setting: Setting, paths: SettingPaths, lists_cell: Cell, counts_
     schemes = complete_schemes(setting, paths.split)
     used = next((s for s in schemes if all(paths.lists.get(r) == paths.split / s[r] for r in REQUIRED_ROLES)),
                 schemes[0] if schemes else setting.naming_schemes[0])
-    lists_cell.add(OK, f"naming {scheme_label(used)} …")
+    lists_cell.add(OK, f"naming {scheme_label(used)}")
     if len(schemes) > 1:
-        others = ", ".join(scheme_label(s) for s in schemes if s is not used)
+        others = "; ".join(scheme_label(s) for s in schemes if s is not used)
         lists_cell.add(WARNING, f"{paths.split} holds more than one complete naming; the loaders read "
-                                f"{scheme_label(used)} …, not {others} …")
+                                f"{scheme_label(used)}; not {others}")
     try:
         seen = read_class_file(paths.class_file)
         unseen = read_class_file(paths.zero_class_file)
@@ -111,7 +113,7 @@ def check_lists(setting: Setting, paths: SettingPaths, lists_cell: Cell, counts_
         return {}
     for names, expected, what, f in ((seen, setting.n_seen, "seen", paths.class_file),
                                      (unseen, setting.n_unseen, "unseen", paths.zero_class_file)):
-        if len(names) != expected:
+        if expected is not None and len(names) != expected:
             counts_cell.add(WARNING, f"{f.name} lists {len(names)} {what} classes, the paper's {setting.name} "
                                      f"{expected}")
     if "sketch_test" in PUBLIC_LIST_SIZES.get(setting.name, {}) and "sketch_test" not in paths.lists:
@@ -144,8 +146,12 @@ def check_lists(setting: Setting, paths: SettingPaths, lists_cell: Cell, counts_
         if want is not None and want != len(rels):
             counts_cell.add(WARNING, f"{f.name} has {len(rels):,} entries, the public package's has {want:,}")
     if not counts_cell.messages and parsed:
-        counts_cell.add(OK, f"{len(seen)} seen / {len(unseen)} unseen classes; "
-                            + ", ".join(f"{r} {len(i.paths):,}" for r, i in parsed.items()))
+        sizes = f"{len(seen)} seen / {len(unseen)} unseen classes; " + ", ".join(
+            f"{r} {len(i.paths):,}" for r, i in parsed.items())
+        if setting.custom:
+            counts_cell.add(SKIPPED, f"a custom dataset has no published counts to compare with ({sizes})")
+        else:
+            counts_cell.add(OK, sizes)
     return parsed
 
 
@@ -170,13 +176,11 @@ def _decode_chunk(paths: Sequence[str]) -> list[Optional[str]]:
 
 
 def decode_all(files: list[str], workers: int, desc: str = "decode images") -> dict[str, Optional[str]]:
-    """Decode each file once (in a process pool when ``workers`` > 0) with a progress bar."""
-    from tqdm import tqdm
-
+    """Decode each file once (in a process pool when ``workers`` > 0) with the project's progress (a bar on a
+    terminal, plain lines in a log)."""
     chunks = [files[i:i + CHUNK] for i in range(0, len(files), CHUNK)]
     results: dict[str, Optional[str]] = {}
-    with tqdm(total=len(files), desc=desc, unit="img", dynamic_ncols=True, file=sys.stderr,
-              disable=not files) as bar:
+    with progress(total=len(files), desc=desc, unit="img", disable=not files) as bar:
         if workers <= 0 or len(chunks) <= 1:
             outcomes: Iterable = map(_decode_chunk, chunks)
             pool = None
@@ -215,7 +219,8 @@ def report_images(cell: Cell, jobs: list, outcome: dict[str, Optional[str]], fra
     for p, f, line, why in bad[:MAX_LISTED]:
         cell.add(ERROR, f"image {p} ({f}, line {line}) {why}")
     if len(bad) > MAX_LISTED:
-        cell.add(ERROR, f"… and {len(bad) - MAX_LISTED} more images that do not exist or do not decode")
+        cell.add(ERROR, f"and {len(bad) - MAX_LISTED} more images that do not exist or do not decode "
+                        f"(the first {MAX_LISTED} are listed)")
     if not bad:
         what = "every listed image" if fraction >= 1.0 else f"a {fraction:.0%} sample per list"
         cell.add(OK, f"{len(jobs):,} images decode ({what})")
@@ -303,15 +308,19 @@ def check_features(setting: Setting, folder: Path, n_unseen: int, zero_counts: d
 def settings_to_check(names: Optional[list[str]], data_root: Path) -> list[Setting]:
     if names:
         return [get_setting(n) for n in names]
-    found = [s for s in SETTINGS.values() if (data_root / s.dataset_dir).is_dir()]
+    published = published_settings()           # a dataset of your own is checked when named
+    found = [s for s in published if (data_root / s.dataset_dir).is_dir()]
     if not found:
-        folders = ", ".join(sorted({s.dataset_dir for s in SETTINGS.values()}))
-        for s in SETTINGS.values():
+        folders = ", ".join(sorted({s.dataset_dir for s in published}))
+        for s in published:
             if data_root.resolve().name == s.dataset_dir:
                 resolve_paths(s, data_root)     # raises the error that names the parent folder
-        nested = sorted({str(p.parent) for s in SETTINGS.values() for p in data_root.glob(f"*/{s.dataset_dir}")
+        nested = sorted({str(p.parent) for s in published for p in data_root.glob(f"*/{s.dataset_dir}")
                          if p.is_dir()})
         hint = f"; they are one level deeper: pass --data_root {nested[0]}" if nested else ""
+        custom = [s for s in SETTINGS.values() if s.custom and (data_root / s.split_dir).is_dir()]
+        if custom:
+            hint = f"; {data_root} looks like a dataset of your own: add --setting {custom[0].name}"
         raise UserError(f"no dataset folder ({folders}) under {data_root}{hint} (README.md, section 'Datasets')")
     return found
 
@@ -382,7 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="python -m data.check",
         description="Check the unpacked datasets, the pretrained checkpoint and feature files before training.")
-    p.add_argument("--data_root", default="datasets", help="folder holding Sketchy/, TUBerlin/, QuickDraw/")
+    p.add_argument("--data_root", default="datasets",
+                   help="folder holding Sketchy/, TUBerlin/, QuickDraw/ (with --setting custom/zeroshot: your "
+                        "dataset folder, holding the zeroshot/ that python -m data.from_folders writes)")
     p.add_argument("--setting", nargs="+", choices=sorted(SETTINGS), default=None,
                    help="settings to check (default: every setting whose dataset folder exists)")
     p.add_argument("--pretrained", default=DEFAULT_PRETRAINED, help="official ConvNeXt-V2 checkpoint ('none': skip)")

@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from data.registry import Setting, get_setting, resolve_paths
+from data.registry import Setting, get_setting, published_settings, resolve_paths
 from engine.runs import (BEST, CHECKPOINT, MACHINE_FLAGS, MOVABLE_FLAGS, _shown, claim_savedir, cpu_cost,
                          duration_text)
 from retrieval.feature_io import FEATURES_FILE
-from retrieval.run_folder import TEST_SCRIPTS, previous_results, read_checkpoint, stale_reason, zero_lists
+from retrieval.run_folder import previous_results, read_checkpoint, stale_reason, zero_lists
 from retrieval.tables import RESULTS_FILE
 from utils.checkpoint import load_checkpoint
 from utils.cli import ArgumentParser
@@ -61,8 +61,10 @@ def build_parser() -> ArgumentParser:
         description="Train and test every (setting, seed), resuming what is unfinished and skipping what is "
                     "done, then write the paper's table. Flags after `--` go to the training and/or test "
                     "scripts that have them (e.g. `-- --amp --channels_last --workers 8`).")
-    p.add_argument("--settings", nargs="+", default=list(TEST_SCRIPTS), metavar="SETTING",
-                   help=f"settings to run: {', '.join(TEST_SCRIPTS)} (or sketchy_zeroshot1, ...); default: all four")
+    published = [s.name for s in published_settings()]
+    p.add_argument("--settings", nargs="+", default=published, metavar="SETTING",
+                   help=f"settings to run: {', '.join(published)} (or sketchy_zeroshot1, ...; custom/zeroshot "
+                        f"too); default: the paper's four")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds, one run folder each")
     p.add_argument("--runs", default=DEFAULT_RUNS, help="folder of the run folders and of table.csv/.md/.tex")
     p.add_argument("--data_root", default="datasets", help="folder holding Sketchy/, TUBerlin/, QuickDraw/")
@@ -90,10 +92,6 @@ def setting_of(name: str) -> Setting:
 
 def folder_name(setting: Setting) -> str:
     return setting.name.replace("/", "_")
-
-
-def train_script(setting: Setting) -> str:
-    return f"train_{setting.name.split('/')[0]}_ext.py"
 
 
 def flag_groups(tokens: Sequence[str], what: str) -> list[list[str]]:
@@ -344,10 +342,10 @@ def plan_run(args: argparse.Namespace, passed: PassThrough, setting: Setting, se
 
     dataset, version = setting.name.split("/")
     run = Run(setting, seed, Path(args.runs) / folder_name(setting) / f"seed{seed}")
-    versions = ["--zero_version", version] if setting.name.startswith("sketchy/") else []
+    trainer_flags = train_parser(setting, dataset)
+    versions = ["--zero_version", version] if "--zero_version" in trainer_flags.option_strings() else []
     train_argv = [*versions, "--savedir", str(run.folder), "--seed", str(seed), "--data_root", args.data_root,
-                  *(["--smoke"] if args.smoke else []),
-                  *passed.for_script(train_parser(setting, dataset), passed.train)]
+                  *(["--smoke"] if args.smoke else []), *passed.for_script(trainer_flags, passed.train)]
     test_argv = ["--resume_dir", str(run.folder), "--data_root", args.data_root,
                  *(SMOKE_TEST_ARGS if args.smoke else ()), *passed.for_script(test_parser(setting), passed.test)]
     try:
@@ -364,9 +362,9 @@ def plan_run(args: argparse.Namespace, passed: PassThrough, setting: Setting, se
             run.estimate = training_estimate(run, fresh, on_cpu, threads)
     except UserError as exc:
         run.error = str(exc)
-    run.train_cmd = python_cmd(train_script(setting), [*train_argv, *(["--resume"] if run.train == "resume" else [])],
+    run.train_cmd = python_cmd(setting.train_script, [*train_argv, *(["--resume"] if run.train == "resume" else [])],
                                args.gpus_per_run)
-    run.test_cmd = python_cmd(TEST_SCRIPTS[setting.name], test_argv, 1)
+    run.test_cmd = python_cmd(setting.test_script, test_argv, 1)
     return run
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
@@ -32,7 +31,8 @@ from data.transforms import test_transform, to_model_input, train_transform
 from engine.runs import (BEST, CHECKPOINT, FIGURE, LOG, MACHINE_FLAGS, MOVABLE_FLAGS, TRAINING_LIST_ROLES,
                          batch_message, batch_rule, claim_savedir, cpu_estimate, restore_run_args, resume_command,
                          smoke_preset, stored_args, write_args_file)
-from losses import gaussian_prior_kl, semantic_soft_cross_entropy
+from engine.training_curves import plot_training_curves
+from losses import LOSS_TERM_LABELS, PRIOR_WEIGHT, SEMANTIC_BIAS, SBKAObjective
 from models import SBKAStudent, SBKATeacher, build_student, build_teacher
 from models.sbka import CLASSIFIER_INIT_STD, DEFAULT_MODEL, warn_random_weights
 from utils.checkpoint import atomic_save, atomic_write, load_checkpoint
@@ -43,7 +43,6 @@ from utils.progress import progress
 from utils.provenance import list_fingerprint, new_run_id, project_version, state_dict_sha256
 
 DEFAULT_PRETRAINED = "pretrained_model/convnextv2_tiny_1k_224_ema.pt"
-PRIOR_WEIGHT = 0.1
 LR_DECAY = 0.001           # lr(e) = base * LR_DECAY ** (e / epochs)
 
 
@@ -75,7 +74,9 @@ def build_parser(setting: Setting, dataset: str) -> ArgumentParser:
     if len(versions) > 1:
         p.add_argument("--zero_version", choices=list(versions), default=setting.split_dir,
                        help="which zero-shot split")
-    p.add_argument("--data_root", default="datasets", help=f"folder holding {setting.dataset_dir}/")
+    p.add_argument("--data_root", default=None if setting.custom else "datasets",
+                   help=setting.data_root_help + (" (no default: required, except that --resume takes the run's)"
+                                                  if setting.custom else ""))
     p.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
                    help="official ConvNeXt-V2 checkpoint, or 'none' for random weights (smoke runs only)")
     p.add_argument("--savedir", default=setting.checkpoint_dir, help="run directory (checkpoints, log)")
@@ -129,9 +130,15 @@ def build_parser(setting: Setting, dataset: str) -> ArgumentParser:
         p.add_argument("--val_list", action="store_true",
                        help="validate on the split's sketch_test-role list (sketch_filelist_test.txt, "
                             "sketch_test.txt or sketch_tx_..._filelist_test.txt) and keep the best epoch")
+    p.add_argument("--prior_weight", type=float, default=PRIOR_WEIGHT,
+                   help=f"weight of the Gaussian-prior KL term in the student objective (released: {PRIOR_WEIGHT:g}; "
+                        "0: no prior)")
+    p.add_argument("--semantic_bias", type=float, default=SEMANTIC_BIAS,
+                   help=f"weight of the cid_mask row added to both distillation targets (released: "
+                        f"{SEMANTIC_BIAS:g}; 0: no semantic bias)")
     p.add_argument("--detach_reverse_target", action="store_true",
                    help="variant: the reverse loss L_kd(t<-s) does not push the student")
-    p.add_argument("--no_figures", action="store_true", help=f"do not write {FIGURE}")
+    p.add_argument("--no_figures", action="store_true", help=f"do not write {FIGURE} (and its PDF)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p
 
@@ -149,7 +156,7 @@ def check_args(args: argparse.Namespace) -> None:
             raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     if not 0 < args.lr_decay <= 1:
         raise UserError(f"--lr_decay must be in (0, 1], got {args.lr_decay}")
-    for flag in ("lr", "weight_decay"):
+    for flag in ("lr", "weight_decay", "prior_weight", "semantic_bias"):
         if not math.isfinite(getattr(args, flag)) or getattr(args, flag) < 0:
             raise UserError(f"--{flag} must be a non-negative number, got {getattr(args, flag)}")
 
@@ -171,6 +178,8 @@ def parse_run_args(dataset: str, argv: Sequence[str]) -> tuple[Setting, argparse
         restore_run_args(args, explicit, parser)
         if hasattr(args, "zero_version"):   # the run's own split
             setting = settings_of(dataset)[args.zero_version]
+    if args.data_root is None:
+        raise UserError(f"--data_root ROOT is needed for {setting.name}: {setting.data_root_help}")
     check_args(args)
     return setting, args, explicit
 
@@ -325,33 +334,22 @@ class FiniteWatch:
             f"{self.checkpoint} (the last good state) was kept: lower --lr or check the data")
 
 
-def sbka_losses(student: torch.nn.Module, teacher: SBKATeacher, x: torch.Tensor, y: torch.Tensor,
-                is_photo: torch.Tensor, mask: Optional[torch.Tensor], bidirectional: bool,
-                detach_reverse_target: bool, autocast) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """All loss terms of one step and the total whose single backward gives METHOD section 4's gradients.
+def step_losses(student: torch.nn.Module, teacher: SBKATeacher, objective: SBKAObjective, x: torch.Tensor,
+                y: torch.Tensor, is_photo: torch.Tensor, cid_mask: Optional[torch.Tensor], bidirectional: bool,
+                autocast) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The forward passes of one step and the objective on them: (total, terms).
 
-    Student: grad of L_ce + L_kd(s<-t) + 0.1 L_prior (+ L_kd(t<-s) unless detached). Teacher head: grad of
-    L_kd(t<-s) only -- the released code zeroes the teacher's grads from L_kd(s<-t) before the reverse
-    backward, which equals detaching the teacher logits inside L_kd(s<-t), as done here.
+    Warm-up: the teacher runs without a graph (nothing of it learns); bidirectional: with one, so the
+    objective's reverse term reaches its head.
     """
     with autocast:
-        seen_logits, imagenet_logits, feature = student(x)
+        student_outputs = student(x)
         if bidirectional:
             teacher_logits = teacher(x)
         else:
             with torch.no_grad():
                 teacher_logits = teacher(x)
-    terms = {
-        "loss_ce": F.cross_entropy(seen_logits.float(), y),
-        "loss_kd": semantic_soft_cross_entropy(imagenet_logits, teacher_logits.detach(), is_photo, mask),
-        "loss_prior": gaussian_prior_kl(feature),
-    }
-    total = terms["loss_ce"] + terms["loss_kd"] + PRIOR_WEIGHT * terms["loss_prior"]
-    if bidirectional:
-        target = imagenet_logits.detach() if detach_reverse_target else imagenet_logits
-        terms["loss_reverse"] = semantic_soft_cross_entropy(teacher_logits, target, is_photo, mask)
-        total = total + terms["loss_reverse"]
-    return total, terms
+    return objective(student_outputs, teacher_logits, y, is_photo, cid_mask, bidirectional)
 
 
 def initial_student(model: str, n_seen: int, pretrained: Optional[str], classifier_std: float,
@@ -364,8 +362,10 @@ def initial_student(model: str, n_seen: int, pretrained: Optional[str], classifi
 class Trainer:
     """Holds models, optimisers and loaders of one run; ``fit`` runs the epochs."""
 
-    def __init__(self, args: argparse.Namespace, setting: Setting, info: DistInfo, device: torch.device):
+    def __init__(self, args: argparse.Namespace, setting: Setting, info: DistInfo, device: torch.device,
+                 demo: bool = False):
         self.args, self.setting, self.info, self.device = args, setting, info, device
+        self.demo = demo        # the demo said what it is once: no warnings about its random weights or CPU time
         self.savedir = Path(args.savedir)
         self.is_main = info.is_main
         # a fresh run: the earlier run's files, removed once this run has its first checkpoint (--overwrite)
@@ -379,6 +379,7 @@ class Trainer:
                                getattr(args, "val_list", False), normalize=not args.gpu_normalize)
         self.cid_mask = (load_cid_mask(paths.cid_mask_file, self.data.n_seen).to(device)
                          if setting.use_cid_mask else None)
+        self.objective = SBKAObjective(args.prior_weight, args.semantic_bias, args.detach_reverse_target)
 
         n_sk, n_ph = setting.split_batch(args.batch_size)
         if n_sk % info.world_size or n_ph % info.world_size:
@@ -401,7 +402,7 @@ class Trainer:
                                          num_workers=args.workers, pin_memory=pin)
 
         pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
-        if pretrained is None:
+        if pretrained is None and not self.demo:
             warn_random_weights()
         student = initial_student(args.model, self.data.n_seen, pretrained, args.classifier_init_std, args.seed)
         torch.manual_seed(args.seed + 1)
@@ -571,9 +572,8 @@ class Trainer:
             if done >= n_steps:
                 break
             step = done
-            mask = self.cid_mask[y] if self.cid_mask is not None else None
-            total, terms = sbka_losses(self.student, self.teacher, x, y, is_photo, mask, bidirectional,
-                                       args.detach_reverse_target, autocast)
+            total, terms = step_losses(self.student, self.teacher, self.objective, x, y, is_photo, self.cid_mask,
+                                       bidirectional, autocast)
             watch.record(step, total, terms)
             if step % self.finite_check_every == 0 or step == n_steps - 1:
                 watch.check(epoch)
@@ -638,7 +638,7 @@ class Trainer:
               f"{', channels_last' if a.channels_last else ''}; validation: {d.val_source}"
               f"{f', {self.n_val} of them used (--max_val_images)' if d.val is not None and self.n_val < len(d.val) else ''}"
               f"; run dir {self.savedir}")
-        if self.device.type == "cpu":
+        if self.device.type == "cpu" and not self.demo:
             estimate = cpu_estimate(a.model, a.img_size, a.batch_size, self.steps_per_epoch(),
                                     a.epochs - self.start_epoch, self.n_val, torch.get_num_threads())
             print(estimate, file=sys.stderr if estimate.startswith("warning") else sys.stdout, flush=True)
@@ -675,11 +675,8 @@ class Trainer:
     def figures(self) -> None:
         if self.args.no_figures:
             return
-        try:
-            from utils.plotting import plot_training_curves
-        except ImportError:
-            return
-        plot_training_curves(self.savedir / LOG, self.savedir / "training_curves.png")
+        plot_training_curves(self.savedir / LOG, self.savedir / FIGURE, self.objective.term_weights(),
+                             LOSS_TERM_LABELS, self.data.n_seen)
 
 
 def interrupted_message(dataset: str, args: argparse.Namespace, explicit: dict[str, Any],
@@ -695,8 +692,9 @@ def interrupted_message(dataset: str, args: argparse.Namespace, explicit: dict[s
         dataset, args, explicit, world_size)
 
 
-def main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
-    """Entry point of ``train_<dataset>.py``."""
+def main(dataset: str, argv: Optional[Sequence[str]] = None, *, demo: bool = False) -> None:
+    """Entry point of ``train_<dataset>.py``. ``demo``: `make demo`'s run, which said at its start what it is
+    (random weights, a CPU, minutes): no random-weights warning, no CPU estimate."""
     argv = list(sys.argv[1:] if argv is None else argv)
     setting, args, explicit = parse_run_args(dataset, argv)
     info, device = init_distributed(args.device)
@@ -704,7 +702,7 @@ def main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
     try:
         if not info.is_main:
             warnings.filterwarnings("ignore")
-        trainer = Trainer(args, setting, info, device)
+        trainer = Trainer(args, setting, info, device, demo=demo)
         trainer.fit()
     except KeyboardInterrupt:
         raise KeyboardInterrupt(interrupted_message(dataset, args, explicit, trainer, info.world_size)) from None
@@ -712,4 +710,4 @@ def main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
         cleanup(info)
 
 
-__all__ = ["main", "lr_at", "sbka_losses", "Trainer", "build_parser", "get_setting"]
+__all__ = ["main", "lr_at", "step_losses", "Trainer", "build_parser", "get_setting"]

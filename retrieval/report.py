@@ -14,6 +14,25 @@ AVERAGINGS = ("per_class", "per_query")
 AVERAGING_NOTE = ("per class = mean over classes of the mean over each class's queries (SBKA's test script); "
                   "per query = mean over all queries (SAKE/DSN-style tables)")
 TIE_NOTE = "equal distances are ranked by gallery index (stable sort)"
+PAPER_MARKED = "the pair the paper's table reports"
+
+# What a results.json scores, its "kind": a real run ("run", the only kind retrieval.tables counts), `make demo`'s
+# trained run ("demo") or the untrained network it starts from ("baseline").
+RESULT_KINDS = ("run", "demo", "baseline")
+# The demo's reports say so: its numbers are the generated shapes', not Sketchy's.
+DEMO_LABEL = "demo (generated shapes, run with the sketchy/zeroshot1 scripts)"
+BASELINE_LABEL = f"{DEMO_LABEL}, untrained network"
+
+
+def results_kind(results: dict[str, Any]) -> str:
+    """The ``kind`` of a results.json; files written before the field existed are told apart by the demo's labels."""
+    kind = results.get("kind")
+    if kind in RESULT_KINDS:
+        return kind
+    label = str(results.get("label") or "")
+    if label == BASELINE_LABEL:
+        return "baseline"
+    return "demo" if label.startswith(DEMO_LABEL) else "run"
 
 
 @dataclass
@@ -28,6 +47,7 @@ class ReportContext:
     seen_description: Optional[str] = None
     seen_sweep: Optional[list] = None          # [{"M", "K", "per_query", "per_class"}] on seen-class data
     notes: list = field(default_factory=list)
+    marked: str = PAPER_MARKED                 # what the ``*`` metric pair is
 
 
 def _sentence(text: str) -> str:
@@ -59,7 +79,7 @@ def console_report(results: dict[str, Any], ctx: ReportContext) -> str:
     pm = ctx.paper_metrics
     lines = [f"{ctx.title or results['setting']}: {results['n_queries']} sketch queries against {results['n_gallery']} "
              f"photos, {results['feature_dim']}-d features ({ctx.features_source})",
-             f"* = the pair the paper's table reports ({', '.join(pm)}); {AVERAGING_NOTE}; {TIE_NOTE}", "",
+             f"* = {ctx.marked} ({', '.join(pm)}); {AVERAGING_NOTE}; {TIE_NOTE}", "",
              f"one-to-one (Euclidean)  {' '.join(f'{_label(m, pm):>8}' for m in METRIC_KEYS)}"]
     for a in AVERAGINGS:
         lines.append(f"  {a.replace('_', ' '):<21} {_row(results['one_to_one'], (a,))}")
@@ -104,7 +124,7 @@ def markdown_report(results: dict[str, Any], ctx: ReportContext) -> str:
     lines = [f"# Zero-shot retrieval: {ctx.title or results['setting']}", "",
              f"{results['n_queries']} sketch queries, {results['n_gallery']} gallery photos, "
              f"{results['feature_dim']}-d features ({ctx.features_source}).", "",
-             f"`*` marks the metric pair of the paper's table ({', '.join(pm)}). {_sentence(AVERAGING_NOTE)} "
+             f"`*` marks {ctx.marked} ({', '.join(pm)}). {_sentence(AVERAGING_NOTE)} "
              f"{_sentence(TIE_NOTE)}", "", "## One-to-one (Euclidean)", ""]
     lines += _md_table([("one-to-one", results["one_to_one"])], pm, "ranking")
     otm = results["one_to_many"]

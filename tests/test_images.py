@@ -5,7 +5,7 @@ from PIL import Image
 
 from data.dataset import ListDataset
 from data.images import read_rgb, to_rgb
-from utils.plotting import _tile
+from retrieval.figures import tile_pixels
 
 ORIENTATION = 0x0112
 # EXIF orientation -> how the stored pixel array (rows, cols, 3) is turned into the displayed one
@@ -50,7 +50,7 @@ def test_jpeg_exif_orientation_is_applied(tmp_path, orientation):
 
 def test_figure_tiles_apply_the_orientation(tmp_path):
     _jpeg_with_orientation(tmp_path / "x.jpg", 6)
-    tile = np.asarray(_tile(tmp_path / "x.jpg", 24)).astype(int)
+    tile = tile_pixels(read_rgb, tmp_path / "x.jpg", 24).astype(int)
     assert tile.shape == (24, 24, 3)
     # rotated clockwise, the red block sits at the top right, the blue one along the left edge
     assert tile[1, 22, 0] > 200 and tile[1, 22, 1] < 80 and tile[1, 1].min() > 200
@@ -115,7 +115,8 @@ def test_png_modes_decode_as_opencv_does(tmp_path, make):
 
 @pytest.mark.parametrize("make", PNG_CASES + [_oriented_jpeg], ids=lambda f: f.__name__.strip("_"))
 def test_same_pixels_as_opencv_when_installed(tmp_path, make):
-    cv2 = pytest.importorskip("cv2")
+    cv2 = pytest.importorskip("cv2", reason="OpenCV is not installed (make test-deps, or pip install -r "
+                                            "requirements-test.txt)")
     path, _ = make(tmp_path)
     theirs = cv2.imread(str(path), cv2.IMREAD_COLOR)[:, :, ::-1].astype(int)
     ours = np.asarray(read_rgb(path)).astype(int)

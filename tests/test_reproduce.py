@@ -70,11 +70,14 @@ def new_log_part(log: Path, before: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def data(tmp_path_factory):
+    return make_trees(tmp_path_factory.mktemp("reproduce_data"))
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
     """One uninterrupted reproduce: its data, runs folder and output."""
-    base = tmp_path_factory.mktemp("reproduce")
-    data = make_trees(base / "data")
-    runs = base / "runs"
+    runs = tmp_path_factory.mktemp("reproduce") / "runs"
     done = run_reproduce(data, runs)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return data, runs, done.stdout
@@ -177,8 +180,7 @@ def test_damaged_folders_are_repaired_by_doing_only_what_is_missing(reference, t
     assert (untested / "results.json").is_file() and (mine / "table.csv").is_file()
 
 
-def test_gpu_groups_and_torchrun_in_the_plan(reference, tmp_path, capsys):
-    data, _, _ = reference
+def test_gpu_groups_and_torchrun_in_the_plan(data, tmp_path, capsys):
     argv = ["--settings", "quickdraw/zeroshot", "--seeds", "0", "1", "2", "--data_root", str(data), "--runs",
             str(tmp_path / "runs"), "--gpus", "0,1,2,3,4", "--gpus_per_run", "2", "--dry_run",
             "--test_args", "--batch_size 7", "--", "--amp", "--mode", "1"]
@@ -204,7 +206,6 @@ def test_gpu_groups_and_torchrun_in_the_plan(reference, tmp_path, capsys):
     (["--", "--chanels_last"], "did you mean --channels_last?"),
     (["--gpus", "0", "--gpus_per_run", "2"], "needs at least that many GPUs"),
 ])
-def test_flags_refused_in_one_sentence(reference, tmp_path, argv, message):
-    data, _, _ = reference
+def test_flags_refused_in_one_sentence(data, tmp_path, argv, message):
     with pytest.raises(UserError, match=message.replace("?", r"\?")):
         reproduce.main(["--data_root", str(data), "--runs", str(tmp_path), "--dry_run", *argv])
