@@ -532,7 +532,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     groups = device_groups(args)
     on_cpu = groups[0] is None
     threads = max(1, (os.cpu_count() or 1) // len(groups)) if on_cpu else 1
-    threads = int(os.environ.get("OMP_NUM_THREADS", threads)) if on_cpu else threads
+    if on_cpu and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        threads = max(1, int(os.environ["OMP_NUM_THREADS"]))
     console = Console()
     runs = [plan_run(args, passed, get_setting(s), seed, on_cpu, threads) for s in args.settings for seed in args.seeds]
     passed.check_all_used(script_parsers(args.settings))
