@@ -29,8 +29,8 @@ from data.lists import read_class_file
 from data.registry import SETTINGS, Setting, SettingPaths, get_setting, resolve_paths
 from data.transforms import test_transform, to_model_input, train_transform
 from engine.runs import (MACHINE_FLAGS, MOVABLE_FLAGS, TRAINING_LIST_ROLES, batch_message, batch_rule, claim_savedir,
-                         cpu_estimate, restore_run_args, resume_command, smoke_preset, student_checkpoint,
-                         student_config)
+                         cpu_estimate, restore_run_args, resume_command, smoke_preset, stored_args, student_checkpoint,
+                         student_config, write_args_file)
 from engine.training_curves import plot_training_curves
 from losses import LOSS_TERM_LABELS, PRIOR_WEIGHT, SEMANTIC_BIAS, SBKAObjective
 from models import SBKAStudent, SBKATeacher, build_student, build_teacher, check_model_name
@@ -470,7 +470,7 @@ class Trainer:
             "optimizer": self.opt_student.state_dict(),
             "optimizer_1": self.opt_teacher.state_dict(),
             "rng": rng_state(),
-            "args": {k: v for k, v in vars(self.args).items() if isinstance(v, (str, int, float, bool, type(None)))},
+            "args": stored_args(self.args),
             "provenance": self.provenance(next_epoch, state_dict),
         }
 
@@ -507,6 +507,7 @@ class Trainer:
         if self.is_main:
             print(f"resumed from {path}: continuing at epoch {self.start_epoch}")
             rewrite_log(self.savedir / LOG_FILE, self.start_epoch)
+            write_args_file(self.savedir, self.setting, self.args)
 
     def save(self, epoch: int, val_top1: Optional[float]) -> None:
         """Checkpoint after ``epoch``; copy it to model_best when top-1 beats every earlier epoch (warm-up
@@ -523,6 +524,8 @@ class Trainer:
         atomic_save(self.state(epoch + 1), ckpt)
         self.epochs_done = epoch + 1
         self.remove_earlier_run()
+        if epoch == self.start_epoch and not self.args.resume:   # --overwrite keeps the earlier run's till now
+            write_args_file(self.savedir, self.setting, self.args)
         last = epoch == self.args.epochs - 1
         if improved or (bidirectional and self.data.val is None):
             copy_atomic(ckpt, self.savedir / BEST_CHECKPOINT_FILE)

@@ -13,13 +13,14 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from engine.train import CHECKPOINT, main
+from engine.train import main
 from models import build_student, build_teacher
 from models.sbka import _backbone
 from tests.fixtures import make_tree
 from tests.test_test_scripts import FAST_FIT, SMALL, run
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
+from utils.run_files import LAST_CHECKPOINT_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = {"convnextv2_atto": 320, "convnext_atto": 320, "vit_tiny_patch16_224": 192}   # name: feature width
@@ -46,7 +47,7 @@ def test_each_family_trains_tests_and_serves(trained, monkeypatch, capsys):
     model, data_root, run_dir = trained
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in log] == ["warmup", "bidirectional"] and log[1]["loss_reverse"] is not None
-    ckpt = load_checkpoint(run_dir / CHECKPOINT)
+    ckpt = load_checkpoint(run_dir / LAST_CHECKPOINT_FILE)
     assert ckpt["config"]["model"] == ckpt["config"]["teacher_model"] == model
     assert ckpt["config"]["feature_dim"] == FAMILIES[model]
     for mode in ("1", "2"):
@@ -104,7 +105,7 @@ def test_another_teacher_family(tmp_path):
     run_dir = tmp_path / "run"
     main("sketchy", _train_argv(tmp_path / "datasets", run_dir, "convnextv2_atto", "--teacher_model",
                                 "vit_tiny_patch16_224", "--warmup_epochs", "0", "--epochs", "1"))
-    ckpt = load_checkpoint(run_dir / CHECKPOINT)
+    ckpt = load_checkpoint(run_dir / LAST_CHECKPOINT_FILE)
     assert ckpt["config"]["teacher_model"] == "vit_tiny_patch16_224"
     assert set(ckpt["teacher_head"]) == {"weight", "bias"} and ckpt["teacher_head"]["weight"].shape == (1000, 192)
 

@@ -16,7 +16,7 @@ from utils.checkpoint import load_checkpoint
 from utils.distributed import DistInfo
 from utils.errors import UserError, run_cli
 from utils.provenance import list_fingerprint, state_dict_sha256
-from utils.run_files import BEST_CHECKPOINT_FILE, LAST_CHECKPOINT_FILE, LOG_FILE
+from utils.run_files import ARGS_FILE, BEST_CHECKPOINT_FILE, LAST_CHECKPOINT_FILE, LOG_FILE
 
 TINY = ["--model", "convnextv2_atto", "--pretrained", "none", "--img_size", "32", "--batch_size", "12",
         "--workers", "0", "--device", "cpu", "--no_figures"]
@@ -78,7 +78,7 @@ def test_retraining_into_a_run_folder_is_refused_and_changes_nothing(tree, finis
     """Issue 12, failure 1: a new seed into the same folder used to start silently next to the old files."""
     before = {p.name: p.read_bytes() for p in finished.iterdir()}
     with pytest.raises(UserError, match=r"already holds another run's files \(checkpoint\.pth\.tar, "
-                                        r"model_best\.pth\.tar, log\.jsonl\).*--resume.*--overwrite"):
+                                        r"model_best\.pth\.tar, log\.jsonl, args\.json\).*--resume.*--overwrite"):
         main("sketchy", _argv(tree, finished, *TINY, *SHAPE, "--seed", "4"))
     assert {p.name: p.read_bytes() for p in finished.iterdir()} == before
 
@@ -100,7 +100,9 @@ def test_overwrite_deletes_nothing_before_the_new_runs_first_checkpoint(tree, fi
     main("sketchy", _argv(tree, run, *TINY, "--epochs", "1", "--warmup_epochs", "0", "--max_steps_per_epoch", "1",
                           "--seed", "4", "--overwrite"))
     # stale outputs are gone
-    assert sorted(p.name for p in run.iterdir()) == sorted([LAST_CHECKPOINT_FILE, BEST_CHECKPOINT_FILE, LOG_FILE])
+    assert sorted(p.name for p in run.iterdir()) == sorted([LAST_CHECKPOINT_FILE, BEST_CHECKPOINT_FILE, LOG_FILE,
+                                                            ARGS_FILE])
+    assert json.loads((run / ARGS_FILE).read_text())["args"]["seed"] == 4          # the new run's flags
     ckpt = load_checkpoint(run / LAST_CHECKPOINT_FILE)
     assert ckpt["provenance"]["seed"] == 4 and ckpt["provenance"]["run_id"] != old_id
     assert load_checkpoint(run / BEST_CHECKPOINT_FILE)["provenance"]["run_id"] == ckpt["provenance"]["run_id"]
@@ -131,6 +133,9 @@ def test_interrupted_run_resumes_with_its_own_flags_from_the_printed_command(tre
                                                                                         32, 5)
     log = [json.loads(line) for line in (run / LOG_FILE).read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1] and all(r["steps"] == 1 for r in log)
+    recorded = json.loads((run / ARGS_FILE).read_text())        # the resolved flags, restored ones included
+    assert (recorded["args"]["seed"], recorded["args"]["batch_size"], recorded["args"]["resume"]) == (5, 12, True)
+    assert recorded["setting"] == "sketchy/zeroshot1" and recorded["version"]
 
 
 def test_resume_refuses_every_differing_flag_and_accepts_operational_ones(tree, finished):

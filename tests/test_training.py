@@ -16,7 +16,7 @@ from tests.fixtures import make_tree
 from utils.checkpoint import load_checkpoint
 from utils.distributed import DistInfo
 from utils.errors import UserError
-from utils.run_files import LAST_CHECKPOINT_FILE, LOG_FILE
+from utils.run_files import ARGS_FILE, BEST_CHECKPOINT_FILE, LAST_CHECKPOINT_FILE, LOG_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--model", "convnextv2_atto", "--pretrained", "none", "--img_size", "32", "--batch_size", "12",
@@ -195,7 +195,7 @@ def test_torchrun_two_processes_write_one_checkpoint(tree, tmp_path):
          "--epochs", "2", "--warmup_epochs", "1", "--no_figures"],
         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert sorted(p.name for p in run.iterdir()) == [LAST_CHECKPOINT_FILE, LOG_FILE, "model_best.pth.tar"]
+    assert sorted(p.name for p in run.iterdir()) == [ARGS_FILE, LAST_CHECKPOINT_FILE, LOG_FILE, BEST_CHECKPOINT_FILE]
     assert res.stdout.count("done:") == 1  # only rank 0 prints
     log = [json.loads(line) for line in (run / LOG_FILE).read_text().splitlines()]
     assert len(log) == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 LAST_CHECKPOINT_FILE = "checkpoint.pth.tar"       # the latest epoch: what --resume continues
 BEST_CHECKPOINT_FILE = "model_best.pth.tar"       # the best validation epoch: what the test scripts and the app use
 LOG_FILE = "log.jsonl"                            # one JSON line per epoch
+ARGS_FILE = "args.json"                           # the run's resolved flags, readable without Python
 TRAINING_CURVES_FILE = "training_curves.png"       # each figure also as a vector PDF beside it (pdf_name)
 FEATURES_FILE = "features_zero.pickle"            # unseen-class test features, in the released format
 FEATURES_SIDECAR_FILE = "features_zero.json"      # what made them (utils.provenance.sidecar_path)
@@ -28,7 +29,7 @@ def pdf_name(png_name: str) -> str:
 
 
 # What a run (and testing it) writes into its folder: an earlier run's files, replaced by --overwrite.
-RUN_FILES = (LAST_CHECKPOINT_FILE, BEST_CHECKPOINT_FILE, LOG_FILE, FEATURES_FILE, FEATURES_SIDECAR_FILE,
+RUN_FILES = (LAST_CHECKPOINT_FILE, BEST_CHECKPOINT_FILE, LOG_FILE, ARGS_FILE, FEATURES_FILE, FEATURES_SIDECAR_FILE,
              RESULTS_FILE, RESULTS_MARKDOWN_FILE, *FIGURE_FILES, *map(pdf_name, FIGURE_FILES))
 RUN_FILE_PATTERNS = (SEEN_CACHE_GLOB, SEEN_CACHE_PREFIX + "*.json")
 
