@@ -44,7 +44,8 @@ import torch  # noqa: E402
 from bench_metrics import class_structured  # noqa: E402
 from bench_train import TrainStep, sync, synthetic_batch, time_steps  # noqa: E402
 from gpu_report import Report, Section  # noqa: E402
-from utils.cli import ArgumentParser
+from utils.cli import ArgumentParser  # noqa: E402
+from utils.precision import exact_float32, tf32_flags, tf32_off  # noqa: E402
 
 SETTING = "sketchy/zeroshot1"
 # METHOD.md section 1 (Sketchy Ext, zeroshot1) and section 4 (20 epochs, warm-up epochs 0..9, 489 steps of 210)
@@ -319,27 +320,28 @@ def grad_norm(module: torch.nn.Module) -> float:
 
 
 def evaluator_precision_check(device: torch.device, work: Path) -> dict[str, Any]:
-    """Run the test scripts' evaluator (retrieval.evaluate.main) with TF32 switched ON beforehand and read
-    the matmul precision it leaves: it must have turned TF32 off."""
+    """Run the test scripts' evaluator (retrieval.evaluate.main) with TF32 switched ON beforehand for both
+    matmuls and cuDNN convolutions, and read the flags it leaves: it must have turned both off."""
     import contextlib
     import io
 
     from retrieval.evaluate import main as evaluate_main
     from retrieval.feature_io import save_features
 
-    before = (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32)
+    before = tf32_flags()
     run_dir = work / "evaluator_check"
     save_features(class_structured(40, 60, 4, 16), run_dir / "features_zero.pickle")
     torch.set_float32_matmul_precision("high")            # TF32 on, as a user's earlier code might leave it
+    torch.backends.cudnn.allow_tf32 = True
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             evaluate_main(["--resume_dir", str(run_dir), "--mode", "1", "--no_figures", "--device", str(device)],
                           setting_name=SETTING)
-        after = {"float32_matmul_precision": torch.get_float32_matmul_precision(),
-                 "cuda_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32)}
+        after = tf32_flags()
     finally:
-        torch.set_float32_matmul_precision(before[0])
-    after["tf32_off"] = after["float32_matmul_precision"] == "highest" and not after["cuda_matmul_allow_tf32"]
+        torch.set_float32_matmul_precision(before["float32_matmul_precision"])
+        torch.backends.cudnn.allow_tf32 = before["cudnn_allow_tf32"]
+    after["tf32_off"] = tf32_off(after)
     return after
 
 
@@ -389,15 +391,17 @@ def section_numerics(sec: Section, args, plan: Plan, device, images, ctx: dict) 
             bf16=None, rel_diff=None)
     sec.row(quantity="evaluator leaves cuda.matmul.allow_tf32", fp32=check["cuda_matmul_allow_tf32"],
             bf16=None, rel_diff=None)
+    sec.row(quantity="evaluator leaves cudnn.allow_tf32", fp32=check["cudnn_allow_tf32"], bf16=None, rel_diff=None)
     n_q, n_g, _ = plan.eval_sizes
     for precision in ("highest", "high"):
         err = matmul_error(device, precision, min(n_q, 1024), n_g, plan.eval_dim)
         sec.row(quantity=f"max |q.g| error vs float64, precision '{precision}'", fp32=err, bf16=None, rel_diff=None)
     sec.note("TF32 ('high') applies on CUDA only; on a CPU both rows are plain float32. The evaluator set TF32 "
-             f"off: {check['tf32_off']}. The trainer leaves PyTorch's defaults: cuDNN convolutions may use TF32 "
-             f"(torch.backends.cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}), matmuls do not")
+             f"off for matmuls and convolutions: {check['tf32_off']}. The trainer keeps the released run's cuDNN "
+             "defaults (TF32 convolutions allowed, cudnn.benchmark on); matmuls stay float32")
     if not check["tf32_off"]:
-        raise RuntimeError("the evaluator left TF32 on: rankings would depend on the card")
+        raise RuntimeError("the evaluator left TF32 on (matmuls or cuDNN convolutions): rankings would depend on "
+                           "the card")
 
 
 # ----------------------------------------------------------------------------------------------- profile
@@ -743,7 +747,7 @@ def fit_codebook_timed(args, plan: Plan, features, budget: Budget, sec: Section)
 def section_evaluation(sec: Section, args, plan: Plan, device, budget: Budget, ctx: dict) -> None:
     from retrieval.search import RetrievalProblem
 
-    torch.set_float32_matmul_precision("highest")        # as retrieval.evaluate.main does (checked in numerics)
+    exact_float32()                                       # as retrieval.evaluate.main does (checked in numerics)
     nq, ng, nc = plan.eval_sizes
     t0 = time.perf_counter()
     features = class_structured(nq, ng, nc, plan.eval_dim)
@@ -855,9 +859,7 @@ def main(argv: Optional[list[str]] = None) -> Report:
             "cpu_count": os.cpu_count(), "smoke": args.smoke, "plan": asdict(plan),
             "started_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python bench/gpu_check.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "defaults": {"cudnn.benchmark": torch.backends.cudnn.benchmark,
-                         "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
-                         "float32_matmul_precision": torch.get_float32_matmul_precision()}}
+            "defaults": {"cudnn.benchmark": torch.backends.cudnn.benchmark, **tf32_flags()}}
     if Path("/dev/shm").is_dir():                      # DataLoader workers pass batches through it
         meta["dev_shm_gib"] = shutil.disk_usage("/dev/shm").total / 2**30
     if cuda(device):

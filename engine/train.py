@@ -14,7 +14,6 @@ import shutil
 import sys
 import time
 import warnings
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -38,6 +37,7 @@ from models.sbka import CLASSIFIER_INIT_STD, DEFAULT_MODEL, warn_random_weights
 from utils.checkpoint import atomic_save, atomic_write, load_checkpoint
 from utils.cli import ArgumentParser, explicit_flags
 from utils.distributed import DistInfo, all_reduce_sum, average_gradients, barrier, cleanup, init_distributed
+from utils import precision
 from utils.errors import UserError
 from utils.progress import progress
 from utils.provenance import list_fingerprint, new_run_id, project_version, state_dict_sha256
@@ -420,6 +420,8 @@ class Trainer:
         self.start_epoch, self.best_acc1 = 0, 0.0
         self.memory_format = memory_format
         self.use_amp = bool(args.amp and device.type == "cuda")
+        if device.type == "cuda":
+            precision.released_training_numerics()
         # how often the loss is checked for NaN/inf: each step on CPU (no cost), every 10 on CUDA (a sync)
         self.finite_check_every = 10 if device.type == "cuda" else 1
         if args.amp and device.type != "cuda" and self.is_main:
@@ -556,7 +558,7 @@ class Trainer:
         self.student.train()
         self.teacher.eval()
         n_steps = self.steps_per_epoch()
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.use_amp else nullcontext())
+        autocast = precision.autocast(self.device, self.use_amp)
         sums: dict[str, torch.Tensor] = {}
         images = 0
         start = time.perf_counter()
@@ -609,7 +611,7 @@ class Trainer:
             return None
         self.student.eval()
         counts = torch.zeros(2, device=self.device)
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.use_amp else nullcontext())
+        autocast = precision.autocast(self.device, self.use_amp)
         for x, y in progress(self.val_loader, desc="validate", unit="batch", disable=not self.is_main, leave=False,
                              file=sys.stdout):
             x = to_model_input(x, self.device, self.memory_format, self.args.gpu_normalize)
