@@ -444,7 +444,7 @@ def section_loader(sec: Section, args, plan: Plan, device, budget: Budget, ctx: 
     from data.registry import get_setting, resolve_paths
     from data.transforms import train_transform
     from engine.train import Trainer, build_data, make_loader
-    from utils.distributed import DistInfo
+    from utils.distributed import DistInfo, default_workers
 
     setting = get_setting(SETTING)
     paths = resolve_paths(setting, ctx["data_root"])
@@ -460,7 +460,7 @@ def section_loader(sec: Section, args, plan: Plan, device, budget: Budget, ctx: 
                     n += 1
             sec.row(pipeline=f"one core, {role.split('_')[0].replace('sketch', 'sketche')}s, {'float32 normalised' if normalize else 'uint8'}",
                     workers=0, img_s=n / (time.perf_counter() - t0), images=n)
-    workers = min(8, os.cpu_count() or 1)           # the trainer's default per loader (two loaders)
+    workers = default_workers(DistInfo())           # the trainer's default per loader (two loaders)
     n_sk, n_ph = plan.n_sketch, plan.n_photo
     # the trainer's main process alone: Trainer.batches copies each half to the device, then concatenates,
     # shuffles and (with --gpu_normalize) normalises there

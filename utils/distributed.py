@@ -104,7 +104,7 @@ def init_distributed(device_flag: str | None) -> tuple[DistInfo, torch.device]:
 
 def default_workers(info: DistInfo, cap: int = 8) -> int:
     """Loader workers per process: the machine's cores shared by the processes running on it (at most ``cap``)."""
-    return max(1, min(cap, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
+    return max(1, min(cap, (os.cpu_count() or 1) // max(1, info.local_world_size)))
 
 
 def raise_if_any_failed(info: DistInfo, error: Optional[BaseException]) -> None:
