@@ -205,3 +205,37 @@ def test_gpu_normalize_builds_mean_and_std_once_per_device(monkeypatch):
     for _ in range(3):
         assert torch.equal(transforms.normalize_on_device(batch), first)
     assert made == [torch.device("cpu")] * 2
+
+
+@pytest.mark.parametrize("flag,info,message", [
+    ("cuda:1", DistInfo(1, 4, 1, 4), r"--device cuda:1 under torchrun would put all 4 processes of this machine on "
+                                      r"one GPU: give --device cuda"),
+    ("cuda", DistInfo(3, 8, 3, 4), r"LOCAL_RANK=3 but this process sees 1 GPU\(s\).*--nproc_per_node 1.*"
+                                   r"--gpus-per-node"),
+    ("cuda:2", DistInfo(), r"--device cuda:2: this machine shows 1 GPU\(s\); use cuda:0..cuda:0"),
+])
+def test_device_choices_that_cannot_work_are_one_sentence(monkeypatch, flag, info, message):
+    from utils.distributed import select_device
+    from utils.errors import UserError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    with pytest.raises(UserError, match=message):
+        select_device(flag, info)
+    assert select_device("cuda", DistInfo(0, 4, 0, 4)) == torch.device("cuda", 0)
+
+
+def test_resume_command_names_the_launch_it_came_from():
+    import argparse
+
+    from engine.runs import resume_command
+
+    args = argparse.Namespace(savedir="checkpoint/q")
+    one = resume_command("quickdraw", args, {}, DistInfo())
+    node = resume_command("quickdraw", args, {"device": "cuda"}, DistInfo(0, 4, 0, 4))
+    nodes = resume_command("quickdraw", args, {}, DistInfo(0, 8, 0, 4))
+    assert one == "python train_quickdraw_ext.py --resume --savedir checkpoint/q"
+    assert node == "torchrun --nproc_per_node=4 train_quickdraw_ext.py --resume --savedir checkpoint/q --device cuda"
+    assert nodes.startswith("torchrun --nnodes=2 --nproc_per_node=4 --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT "
+                            "train_quickdraw_ext.py --resume") and "on every machine" in nodes
