@@ -23,8 +23,9 @@ from data.demo import MARKER_FILE
 from data.transforms import test_transform
 from engine.extract import extract_features
 from models import load_student_checkpoint
-from retrieval.cluster_matching import DEFAULT_ALPHA, blend_, check_pq_shape, cluster_distances, encode, fit_codebook
-from retrieval.distances import euclidean_distances, euclidean_order_scores, squared_norms
+from retrieval.cluster_matching import DEFAULT_ALPHA, check_pq_shape
+from retrieval.distances import squared_norms
+from retrieval.search import MatchingCodes, rank
 from utils.errors import UserError
 from utils.provenance import state_dict_sha256
 
@@ -44,15 +45,16 @@ class OneToMany:
     k: int
     alpha: float = DEFAULT_ALPHA
     status: str = "fitting"                     # "fitting", "ready" or "failed: <why>"
-    codewords: Optional[torch.Tensor] = None
-    codes: Optional[torch.Tensor] = None
+    matching: Optional[MatchingCodes] = None
     _thread: Optional[threading.Thread] = field(default=None, repr=False)
+
+    @property
+    def codewords(self) -> Optional[torch.Tensor]:
+        return None if self.matching is None else self.matching.codewords
 
     def fit(self, gallery: torch.Tensor) -> None:
         try:
-            codebook = fit_codebook(gallery.cpu().numpy(), self.m, self.k)
-            codewords = torch.from_numpy(codebook.codewords).to(gallery.device)
-            self.codes, self.codewords = encode(gallery, codewords), codewords
+            self.matching = MatchingCodes.fit(gallery, self.m, self.k, self.alpha)
             self.status = "ready"
         except Exception as exc:  # noqa: BLE001 - reported through /api/info, the server keeps serving
             self.status = f"failed: {' '.join(str(exc).split())}"
@@ -86,15 +88,6 @@ def selected_one_to_many(resume_dir: Path, weights_sha256: str) -> tuple[Optiona
     if not isinstance(selected, dict) or not {"M", "K"} <= set(selected):
         return None, f"{path} names no selected (M, K) (run the test script in mode 2 with the dataset)"
     return (int(selected["M"]), int(selected["K"]), float(otm.get("alpha", DEFAULT_ALPHA))), ""
-
-
-def top_k(values: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` smallest values, ascending, ties by index (a stable sort, without sorting all)."""
-    if k >= len(values):
-        return np.argsort(values, kind="stable")
-    threshold = np.partition(values, k - 1)[k - 1]
-    candidates = np.flatnonzero(values <= threshold)
-    return candidates[np.lexsort((candidates, values[candidates]))][:k]
 
 
 class SketchSearcher:
@@ -149,19 +142,9 @@ class SketchSearcher:
 
     def rank(self, query: torch.Tensor, k: int, one_to_many: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(gallery indices, distances) of the ``k`` closest photos to one query feature."""
-        with torch.inference_mode():
-            if one_to_many:
-                otm = self.one_to_many
-                values = euclidean_distances(query, self.features, self.sq_norms)
-                blend_(values, cluster_distances(query, otm.codes, otm.codewords), otm.alpha)
-                row = values[0].cpu().numpy()
-                order = top_k(row, k)
-                return order, row[order].astype(np.float64)
-            # The evaluation's ranking values (the Euclidean order, finer than d near 1); d recovered for display.
-            row = euclidean_order_scores(query, self.features, self.sq_norms)[0].cpu().numpy()
-            order = top_k(row, k)
-            q_sq = float(squared_norms(query)[0])
-            return order, np.sqrt(np.maximum(2.0 * row[order].astype(np.float64) + q_sq + 1.0, 0.0))
+        codes = self.one_to_many.matching if one_to_many else None
+        order, distances = rank(query, self.features, k, codes, self.sq_norms)
+        return order[0], distances[0]
 
     def check_request(self, k: int, one_to_many: bool, class_name: Optional[str]) -> None:
         if not 1 <= k <= MAX_K:

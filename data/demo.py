@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from data.lists import list_text
 from data.registry import SAKE_NAMES, get_setting
 from utils.cli import ArgumentParser
 from utils.errors import UserError, run_cli
@@ -342,7 +343,7 @@ def _prepare_target(target: Path, force: bool) -> None:
 
 
 def _write_list(path: Path, entries: Sequence[tuple[str, int]]) -> None:
-    path.write_text("".join(f"{rel} {label}\n" for rel, label in entries), encoding="utf-8")
+    path.write_text(list_text(entries), encoding="utf-8")
 
 
 def _zero_counts(sketches_per_class: int, photos_per_class: int, zero_per_class: int | None) -> tuple[int, int]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -17,6 +18,22 @@ def _split_line(line: str) -> tuple[str, str] | None:
     if len(parts) != 2:
         return ("", parts[0])
     return parts[0], parts[1]
+
+
+def list_can_hold(text: str) -> bool:
+    """Whether ``text`` comes back unchanged as the path (or class name) of a list line: no line break, no
+    leading or trailing whitespace, UTF-8 encodable."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:                      # undecodable bytes of a file name (surrogate escapes)
+        return False
+    line = f"{text} 0"
+    return bool(text) and len(line.splitlines()) == 1 and _split_line(line) == (text, "0")
+
+
+def list_text(entries: Iterable[tuple[str, int]]) -> str:
+    """The text of a list or class file: one ``<path or name> <integer>`` line per entry."""
+    return "".join(f"{rel} {label}\n" for rel, label in entries)
 
 
 def parse_list_file(path: str | Path, n_classes: int | None = None,

@@ -123,8 +123,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
           f"({trained - baseline:+.4f})")
     print(f"demo finished in {minutes:.1f} min. Results: {savedir / 'results.json'}, {savedir / 'results.md'}")
     if not args.no_figures:
-        print(f"Pictures: {savedir / 'training_curves.png'}, {savedir / 'retrieval_examples.png'}, "
-              f"{savedir / 'pr_curve.png'}")
+        print(f"Pictures (each with a vector PDF beside it): {savedir / 'training_curves.png'}, "
+              f"{savedir / 'retrieval_examples.png'}, {savedir / 'pr_curve.png'}")
     return {"untrained": baseline, "trained": trained}
 
 

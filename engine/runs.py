@@ -12,7 +12,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from data.registry import Setting
+from data.registry import Setting, train_script_of
 from models.sbka import DEFAULT_MODEL
 from utils.checkpoint import load_checkpoint
 from utils.distributed import DistInfo
@@ -23,8 +23,9 @@ BEST = "model_best.pth.tar"
 LOG = "log.jsonl"
 FIGURE = "training_curves.png"
 # What a run (and testing it) writes into its folder: an earlier run's files, replaced by --overwrite.
-RUN_FILES = (CHECKPOINT, BEST, LOG, FIGURE, "features_zero.pickle", "features_zero.json", "results.json",
-             "results.md", "pr_curve.png", "retrieval_examples.png")
+RUN_FILES = (CHECKPOINT, BEST, LOG, FIGURE, "training_curves.pdf", "features_zero.pickle", "features_zero.json",
+             "results.json", "results.md", "pr_curve.png", "pr_curve.pdf", "retrieval_examples.png",
+             "retrieval_examples.pdf")
 RUN_FILE_PATTERNS = ("features_seen_val_*.pickle", "features_seen_val_*.json")
 TRAINING_LIST_ROLES = ("sketch_train", "photo_train", "sketch_test")   # the lists a run reads (fingerprinted)
 # Flags a --resume takes from this command, never from the run: where and how it executes.
@@ -57,7 +58,7 @@ def smoke_preset(setting: Setting) -> dict[str, Any]:
 
 def batch_rule(setting: Setting) -> str:
     d = setting.sketch_divisor
-    return f"{setting.dataset_dir} takes B//{d} sketches and {d - 1}*(B//{d}) photos"
+    return f"{setting.dataset_label} takes B//{d} sketches and {d - 1}*(B//{d}) photos"
 
 
 def batch_message(setting: Setting, batch_size: int) -> str:
@@ -140,7 +141,7 @@ def resume_command(dataset: str, args: argparse.Namespace, explicit: dict[str, A
     else:
         launcher = ["torchrun", f"--nnodes={info.nnodes}", f"--nproc_per_node={info.local_world_size}",
                     "--rdzv_backend=c10d", "--rdzv_endpoint=HOST:PORT"]
-    cmd = [*launcher, f"train_{dataset}_ext.py", "--resume", "--savedir", str(args.savedir)]
+    cmd = [*launcher, train_script_of(dataset), "--resume", "--savedir", str(args.savedir)]
     for dest in ("data_root", "device", "workers", "amp", "channels_last", "no_figures"):
         if dest in explicit:
             value = explicit[dest]

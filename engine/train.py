@@ -31,6 +31,7 @@ from data.transforms import test_transform, to_model_input, train_transform
 from engine.runs import (BEST, CHECKPOINT, FIGURE, LOG, MACHINE_FLAGS, MOVABLE_FLAGS, TRAINING_LIST_ROLES,
                          batch_message, batch_rule, claim_savedir, cpu_estimate, restore_run_args, resume_command,
                          smoke_preset)
+from engine.training_curves import plot_training_curves
 from losses import gaussian_prior_kl, semantic_soft_cross_entropy
 from models import SBKAStudent, SBKATeacher, build_student, build_teacher
 from models.sbka import CLASSIFIER_INIT_STD, DEFAULT_MODEL, warn_random_weights
@@ -45,6 +46,9 @@ from utils.provenance import list_fingerprint, new_run_id, project_version, stat
 
 DEFAULT_PRETRAINED = "pretrained_model/convnextv2_tiny_1k_224_ema.pt"
 PRIOR_WEIGHT = 0.1
+# What each logged loss term is, for the training-curve figure's legend.
+LOSS_TERM_LABELS = {"loss_ce": "ce: seen-class cross-entropy", "loss_kd": "kd: student \u2190 teacher",
+                    "loss_prior": "prior: Gaussian KL", "loss_reverse": "reverse kd: teacher \u2190 student"}
 LR_DECAY = 0.001           # lr(e) = base * LR_DECAY ** (e / epochs)
 
 
@@ -76,7 +80,9 @@ def build_parser(setting: Setting, dataset: str) -> ArgumentParser:
     if len(versions) > 1:
         p.add_argument("--zero_version", choices=list(versions), default=setting.split_dir,
                        help="which zero-shot split")
-    p.add_argument("--data_root", default="datasets", help=f"folder holding {setting.dataset_dir}/")
+    p.add_argument("--data_root", default=None if setting.custom else "datasets",
+                   help=setting.data_root_help + (" (no default: required, except that --resume takes the run's)"
+                                                  if setting.custom else ""))
     p.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
                    help="official ConvNeXt-V2 checkpoint, or 'none' for random weights (smoke runs only)")
     p.add_argument("--savedir", default=setting.checkpoint_dir, help="run directory (checkpoints, log)")
@@ -133,7 +139,7 @@ def build_parser(setting: Setting, dataset: str) -> ArgumentParser:
                             "sketch_test.txt or sketch_tx_..._filelist_test.txt) and keep the best epoch")
     p.add_argument("--detach_reverse_target", action="store_true",
                    help="variant: the reverse loss L_kd(t<-s) does not push the student")
-    p.add_argument("--no_figures", action="store_true", help=f"do not write {FIGURE}")
+    p.add_argument("--no_figures", action="store_true", help=f"do not write {FIGURE} (and its PDF)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p
 
@@ -173,6 +179,8 @@ def parse_run_args(dataset: str, argv: Sequence[str]) -> tuple[Setting, argparse
         restore_run_args(args, explicit, parser)
         if hasattr(args, "zero_version"):   # the run's own split
             setting = settings_of(dataset)[args.zero_version]
+    if args.data_root is None:
+        raise UserError(f"--data_root ROOT is needed for {setting.name}: {setting.data_root_help}")
     check_args(args)
     return setting, args, explicit
 
@@ -736,11 +744,11 @@ class Trainer:
     def figures(self) -> None:
         if self.args.no_figures:
             return
-        try:
-            from utils.plotting import plot_training_curves
-        except ImportError:
-            return
-        plot_training_curves(self.savedir / LOG, self.savedir / "training_curves.png")
+        # the weights say how the logged terms add up to the logged total
+        weights = {"loss_ce": 1.0, "loss_kd": 1.0, "loss_prior": getattr(self.args, "prior_weight", PRIOR_WEIGHT),
+                   "loss_reverse": 1.0}
+        plot_training_curves(self.savedir / LOG, self.savedir / FIGURE, weights, LOSS_TERM_LABELS,
+                             self.data.n_seen)
 
 
 def interrupted_message(dataset: str, args: argparse.Namespace, explicit: dict[str, Any],

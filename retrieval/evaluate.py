@@ -21,12 +21,13 @@ import numpy as np
 import torch
 
 from data.dataset import ListDataset
+from data.images import read_rgb
 from data.lists import read_class_file
 from data.registry import SETTINGS, Setting, SettingPaths, get_setting, resolve_paths
 from retrieval.cluster_matching import COVARIANCE_TYPES, DEFAULT_ALPHA, DEFAULT_SEED, QUANTIZERS, check_pq_shape
 from retrieval.feature_io import FEATURES_FILE, FeatureSet, load_features, save_features
 from retrieval.figures import EXAMPLE_ROWS, write_examples_figure, write_pr_figure
-from retrieval.report import ReportContext, console_report, write_results
+from retrieval.report import PAPER_MARKED, ReportContext, console_report, write_results
 from retrieval.run_folder import (CHECKPOINT_FILE, UNKNOWN, ZERO_ROLES, CheckpointInfo, check_best_is_current,
                                   check_checkpoint_setting, check_folder_sidecars, check_unlabelled_origin,
                                   previous_results, read_checkpoint, refuse_foreign, same_features, short,
@@ -44,6 +45,7 @@ DEFAULT_DATA_ROOT = "datasets"
 EXAMPLE_ROWS_PER_RANKING = 5       # mode 2: each example query is drawn once per ranking
 SELECTED_ON = "seen-class validation"
 FROM_FILE = "features read from"
+CUSTOM_MARKED = "Sketchy Ext's pair, marked for a custom dataset, which has no published pair"
 
 
 # ----------------------------------------------------------------------------------------------- arguments
@@ -60,8 +62,9 @@ def build_parser(setting: Setting) -> argparse.ArgumentParser:
     p.add_argument("--resume_dir", default=setting.checkpoint_dir,
                    help=f"holds {FEATURES_FILE}, {CHECKPOINT_FILE} and receives the results")
     p.add_argument("--data_root", default=None,
-                   help=_default_said(f"folder holding {setting.dataset_dir}/ (default: the one stored in the "
-                                      f"checkpoint when that folder still exists, else {DEFAULT_DATA_ROOT})"))
+                   help=_default_said(f"{setting.data_root_help} (default: the one stored in the checkpoint when "
+                                      f"that folder still exists" + ("" if setting.custom else
+                                                                     f", else {DEFAULT_DATA_ROOT}") + ")"))
     p.add_argument("--checkpoint", default=None,
                    help=_default_said(f"student checkpoint (default: <resume_dir>/{CHECKPOINT_FILE})"))
     p.add_argument("--extract", action="store_true",
@@ -94,7 +97,8 @@ def build_parser(setting: Setting) -> argparse.ArgumentParser:
     p.add_argument("--label", default=None,
                    help=_default_said("name shown in the reports and figure titles (default: the setting, "
                                       f"{setting.name})"))
-    p.add_argument("--no_figures", action="store_true", help="do not write pr_curve.png / retrieval_examples.png")
+    p.add_argument("--no_figures", action="store_true",
+                   help="do not write pr_curve.png/.pdf and retrieval_examples.png/.pdf")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p
 
@@ -114,7 +118,9 @@ def check_args(args: argparse.Namespace) -> None:
 def train_command(setting: Setting, resume_dir: Path) -> str:
     """The training command that produces this setting's checkpoint in ``resume_dir``."""
     dataset, version = setting.name.split("/")
-    cmd = f"python train_{dataset}_ext.py"
+    cmd = f"python {setting.train_script}"
+    if setting.custom:
+        cmd += " --data_root ROOT"
     if sum(name.startswith(dataset + "/") for name in SETTINGS) > 1:
         cmd += f" --zero_version {version}"
     if resume_dir != Path(setting.checkpoint_dir):
@@ -262,10 +268,10 @@ def zero_features(args: argparse.Namespace, setting: Setting, resume_dir: Path, 
                 f"neither {path} nor {source.checkpoint} exists: download the authors' released "
                 f"{setting.split_dir}/{FEATURES_FILE} to {path} (README.md, section 'Datasets'), or train a model "
                 f"with `{train_command(setting, resume_dir)}`")
+        released = "" if setting.custom else " (the authors released features for the two Sketchy splits only)"
         raise UserError(
             f"neither {path} nor {source.checkpoint} exists: train a model with "
-            f"`{train_command(setting, resume_dir)}` (the authors released features for the two Sketchy splits "
-            f"only), or pass --checkpoint PATH")
+            f"`{train_command(setting, resume_dir)}`{released}, or pass --checkpoint PATH")
     paths = resolve_paths(setting, args.data_root)
     n_unseen = len(read_class_file(paths.zero_class_file))
     transform = image_transform(source, args)
@@ -388,7 +394,8 @@ def main(argv: Optional[Sequence[str]], setting_name: str) -> None:
     exact_float32()     # no TF32 in matmuls or convolutions: rankings must not depend on the card
     resume_dir = Path(args.resume_dir)
     ctx = ReportContext(paper_metrics=tuple(setting.paper_metrics), features_source="",
-                        selection_metric=setting.paper_metrics[0], title=args.label or setting.name)
+                        selection_metric=setting.paper_metrics[0], title=args.label or setting.name,
+                        marked=CUSTOM_MARKED if setting.custom else PAPER_MARKED)
     source = inspect_run_folder(args, setting, resume_dir, device, ctx)   # refuses before anything is written
     args.data_root = resolve_data_root(args, source)
     features, feature_record = zero_features(args, setting, resume_dir, source, ctx)
@@ -482,10 +489,10 @@ def one_to_many(args: argparse.Namespace, setting: Setting, problem: RetrievalPr
 
 def write_figures(args: argparse.Namespace, setting: Setting, problem: RetrievalProblem, curves: dict,
                   rankings: list, resume_dir: Path, ctx: ReportContext) -> None:
-    """pr_curve.png always; retrieval_examples.png (a row per example query and ranking) when the dataset's
-    images are there."""
+    """pr_curve.png/.pdf always; retrieval_examples.png/.pdf (a row per example query and ranking) when the
+    dataset's images are there."""
     resume_dir.mkdir(parents=True, exist_ok=True)
-    write_pr_figure(curves, resume_dir / "pr_curve.png", f"{ctx.title}: mean interpolated precision")
+    write_pr_figure(curves, resume_dir / "pr_curve.png", ctx.title)
     try:
         paths = resolve_paths(setting, args.data_root)
     except UserError:
@@ -493,6 +500,6 @@ def write_figures(args: argparse.Namespace, setting: Setting, problem: Retrieval
         return
     n_queries = EXAMPLE_ROWS if len(rankings) == 1 else EXAMPLE_ROWS_PER_RANKING
     why_not = write_examples_figure(problem, paths, resume_dir / "retrieval_examples.png", args.seed, rankings,
-                                    n_queries)
+                                    read_rgb, n_queries)
     if why_not:
         ctx.notes.append(f"retrieval_examples.png not drawn: {why_not}")

@@ -45,9 +45,19 @@ class QueryMetrics:
         return {"per_query": {k: nan_mean(v) for k, v in self.values.items()},
                 "per_class": {k: class_mean(v, self.labels) for k, v in self.values.items()}}
 
+    @property
+    def _pr_rows(self) -> np.ndarray:
+        """Rows of the queries with positives in the gallery (the others are NaN)."""
+        return self.pr_precision[~np.isnan(self.pr_precision).any(axis=1)]
+
+    @property
+    def n_pr_queries(self) -> int:
+        """How many queries ``pr_curve`` averages over."""
+        return len(self._pr_rows)
+
     def pr_curve(self) -> tuple[np.ndarray, np.ndarray]:
         """Mean over queries (with positives) of the interpolated precision at each recall level."""
-        rows = self.pr_precision[~np.isnan(self.pr_precision).any(axis=1)]
+        rows = self._pr_rows
         mean = rows.mean(axis=0) if len(rows) else np.full(len(PR_RECALL_LEVELS), np.nan)
         return PR_RECALL_LEVELS.copy(), mean
 

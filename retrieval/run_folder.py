@@ -20,7 +20,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from data.lists import read_class_file
-from data.registry import Setting, SettingPaths
+from data.registry import SETTINGS, Setting, SettingPaths
 from retrieval.feature_io import FEATURES_FILE, FeatureSet
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
@@ -30,10 +30,6 @@ CHECKPOINT_FILE = "model_best.pth.tar"
 LAST_CHECKPOINT_FILE = "checkpoint.pth.tar"
 SEEN_CACHE_GLOB = "features_seen_val_*.pickle"
 UNKNOWN = "unknown"
-TEST_SCRIPTS = {"sketchy/zeroshot1": "test_sketchy_ext_zeroshot.py",
-                "sketchy/zeroshot2": "test_sketchy_ext_split_zeroshot.py",
-                "tuberlin/zeroshot": "test_tuberlin_ext_zeroshot.py",
-                "quickdraw/zeroshot": "test_quickdraw_ext_zeroshot.py"}
 ZERO_ROLES = ("photo_zero", "sketch_zero")
 # What must agree for features to come from the same weights on the same data.
 SAME_SOURCE_KEYS = ("setting", "model", "img_size", "student_sha256", "lists")
@@ -83,7 +79,7 @@ def read_checkpoint(path: Path) -> CheckpointInfo:
 
 
 def refuse_foreign(what: str, owner: str, setting: Setting, resume_dir: Path) -> UserError:
-    script = TEST_SCRIPTS.get(owner)
+    script = SETTINGS[owner].test_script if owner in SETTINGS else None
     way_out = f"test that folder with {script}" if script else "test that folder with the script of its setting"
     return UserError(f"{what} was made for {owner}, not {setting.name}: {way_out} or point --resume_dir at a "
                      f"{setting.name} run (nothing was written to {resume_dir})")
@@ -91,7 +87,7 @@ def refuse_foreign(what: str, owner: str, setting: Setting, resume_dir: Path) ->
 
 def check_checkpoint_setting(info: CheckpointInfo, setting: Setting, resume_dir: Path) -> None:
     if info.setting is not None and info.setting != setting.name:
-        script = TEST_SCRIPTS.get(info.setting, "the script of its setting")
+        script = SETTINGS[info.setting].test_script if info.setting in SETTINGS else "the script of its setting"
         raise UserError(f"checkpoint {info.path} was trained for {info.setting}, not {setting.name}: test it with "
                         f"{script}, or pass the right --checkpoint or --resume_dir (nothing was written to "
                         f"{resume_dir})")
@@ -185,8 +181,10 @@ def check_unlabelled_origin(features: FeatureSet, setting: Setting, paths: Optio
     """Features without a sidecar: refuse what cannot be this setting's; returns what was checked."""
     if paths is not None:
         n_unseen, source = len(read_class_file(paths.zero_class_file)), paths.zero_class_file.name
-    else:
+    elif setting.n_unseen is not None:
         n_unseen, source = setting.n_unseen, "the setting's published count"
+    else:
+        return "nothing (a custom dataset has no published class count, and its class files were not found)"
     labels = np.concatenate([features.gallery_labels, features.query_labels])
     if labels.min() < 0 or labels.max() >= n_unseen:
         raise UserError(f"{path} cannot hold {setting.name}'s features: its labels run from {labels.min()} to "

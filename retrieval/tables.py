@@ -64,7 +64,9 @@ class Row:
 
 
 # ----------------------------------------------------------------------------------------------- reading
-def find_runs(runs_dir: Path) -> list[Run]:
+def find_runs(runs_dir: Path, left_out: Optional[list] = None) -> list[Run]:
+    """The results files under ``runs_dir``; those of a setting that is no column of the paper's table (a
+    custom dataset) are named in ``left_out`` instead."""
     if not runs_dir.is_dir():
         raise UserError(f"--runs {runs_dir} is not a folder (it should hold the test scripts' run folders)")
     runs = []
@@ -75,6 +77,10 @@ def find_runs(runs_dir: Path) -> list[Run]:
             raise UserError(f"{f} is not readable JSON ({exc})") from None
         if not isinstance(data, dict) or "setting" not in data or "one_to_one" not in data:
             raise UserError(f"{f} is not a results file of the test scripts (no 'setting' / 'one_to_one')")
+        if data["setting"] in SETTINGS and SETTINGS[data["setting"]].custom:
+            if left_out is not None:
+                left_out.append(f"{f} ({data['setting']}: a dataset of your own, no column of the paper's table)")
+            continue
         if data["setting"] not in SETTING_LABELS:
             raise UserError(f"{f}: unknown setting {data['setting']!r}; known: {', '.join(SETTING_LABELS)}")
         runs.append(Run(str(f.parent.relative_to(runs_dir)) or ".", data["setting"], data))
@@ -278,8 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_rows(args: argparse.Namespace) -> tuple[list[Row], list[str], list[Run]]:
-    runs = find_runs(Path(args.runs))
+def build_rows(args: argparse.Namespace, left_out: Optional[list] = None) -> tuple[list[Row], list[str], list[Run]]:
+    left_out = [] if left_out is None else left_out
+    runs = find_runs(Path(args.runs), left_out)
+    if not runs and left_out:
+        raise UserError(f"no results of the paper's settings under {args.runs}, only {'; '.join(left_out)}")
     if not runs:
         raise UserError(f"no {RESULTS_FILE} under {args.runs}: run the test scripts first "
                         "(README.md, section 'Testing and reproducing the tables')")
@@ -292,7 +301,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     if not 0 <= args.digits <= 10:
         raise UserError(f"--digits must be between 0 and 10, got {args.digits}")
-    rows, notes, runs = build_rows(args)
+    left_out: list[str] = []
+    rows, notes, runs = build_rows(args, left_out)
     averaging = "per_query" if args.per_query else "per_class"
     out = Path(args.out or args.runs)
     texts = {"table.md": markdown_table(rows, notes, args.digits, averaging, args.with_published),
@@ -302,6 +312,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         atomic_write(out / name, lambda fh, t=text: fh.write(t.encode("utf-8")))
     print(texts["table.md"], end="")
     print(f"\n{len(runs)} results files: " + ", ".join(f"{r.name} ({r.setting})" for r in runs))
+    if left_out:
+        print(f"left out: {'; '.join(left_out)}")
     print(f"written: {', '.join(str(out / n) for n in texts)}")
 
 

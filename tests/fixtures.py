@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -70,3 +71,19 @@ def make_tree(data_root: Path, layout: str = "sketchy", split_dir: str | None = 
         mask = {i: rng.random(1000).astype(np.float64) for i in range(n_seen)}
         (split / "cid_mask.pickle").write_bytes(pickle.dumps(mask, protocol=2))
     return split
+
+
+def make_class_folders(root: Path, classes: Sequence[str], sketches: int = 4, photos: int = 4, size: int = 32,
+                       seed: int = 0) -> Path:
+    """``root/sketches/<class>/`` and ``root/photos/<class>/`` of demo-generator drawings (data/demo.py), as a
+    user would arrange their own images for data.from_folders; file names contain spaces."""
+    from data.demo import draw_photo, draw_sketch, image_rng
+
+    for name in classes:
+        for modality, draw, code, count, ext in (("sketches", draw_sketch, 0, sketches, "png"),
+                                                 ("photos", draw_photo, 1, photos, "jpg")):
+            folder = root / modality / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                draw(name, image_rng(seed, code, name, i), size).save(folder / f"{modality[:-1]} {i}.{ext}")
+    return root

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from data import check as data_check
 from data import demo as data_demo
+from data import from_folders as data_from_folders
 from data.registry import SETTINGS
 from engine import demo as engine_demo
 from engine import train
@@ -22,13 +23,14 @@ from utils.progress import LineProgress, progress
 
 
 def _parsers():
-    for dataset in ("sketchy", "tuberlin", "quickdraw"):
+    for dataset in ("sketchy", "tuberlin", "quickdraw", "custom"):
         yield f"train {dataset}", train.build_parser(train.choose_setting(dataset, []), dataset)
     for name, setting in SETTINGS.items():
         yield f"test {name}", evaluate.build_parser(setting)
     yield "engine.demo", engine_demo.build_parser()
     yield "data.demo", data_demo.build_parser()
     yield "data.check", data_check.build_parser()
+    yield "data.from_folders", data_from_folders.build_parser()
     yield "retrieval.tables", tables.build_parser()
     environ = dict(os.environ)                  # the app's module sets OMP_WAIT_POLICY for its own process
     yield "search_app.py", runpy.run_path(str(Path(__file__).resolve().parent.parent / "search_app.py"))["build_parser"]()

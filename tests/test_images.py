@@ -5,7 +5,7 @@ from PIL import Image
 
 from data.dataset import ListDataset
 from data.images import read_rgb, to_rgb
-from utils.plotting import _tile
+from retrieval.figures import tile_pixels
 
 ORIENTATION = 0x0112
 # EXIF orientation -> how the stored pixel array (rows, cols, 3) is turned into the displayed one
@@ -50,7 +50,7 @@ def test_jpeg_exif_orientation_is_applied(tmp_path, orientation):
 
 def test_figure_tiles_apply_the_orientation(tmp_path):
     _jpeg_with_orientation(tmp_path / "x.jpg", 6)
-    tile = np.asarray(_tile(tmp_path / "x.jpg", 24)).astype(int)
+    tile = tile_pixels(read_rgb, tmp_path / "x.jpg", 24).astype(int)
     assert tile.shape == (24, 24, 3)
     # rotated clockwise, the red block sits at the top right, the blue one along the left edge
     assert tile[1, 22, 0] > 200 and tile[1, 22, 1] < 80 and tile[1, 1].min() > 200

@@ -1,29 +1,63 @@
-"""Pillow-only figures: valid PNGs of the promised size, robust to short or incomplete logs."""
+"""The figures (matplotlib): PNG and vector PDF side by side, what each shows, robust to short or odd logs."""
 from __future__ import annotations
 
 import json
-import math
+import re
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.colors import to_rgb
 from PIL import Image
 
+from data.images import read_rgb
+from engine.train import LOSS_TERM_LABELS, PRIOR_WEIGHT
+from engine.training_curves import plot_training_curves, read_training_log, total_formula
+from retrieval.figures import draw_examples, write_pr_figure
+from retrieval.metrics import PR_RECALL_LEVELS, QueryMetrics
 from utils.errors import UserError
-from utils.plotting import (CORRECT_COLOUR, QUERY_COLOUR, WRONG_COLOUR, _format_number, _linear_axis,
-                            _nice_step, grid_layout, line_chart, plot_pr_curves, plot_training_curves,
-                            read_training_log, retrieval_grid)
+from utils.figures import CORRECT_COLOUR, CORRECT_MARK, DPI, NEUTRAL_COLOUR, WRONG_COLOUR, WRONG_MARK, pdf_path
 
-TRAINING_FIGURE_SIZE = (1680, 420)
+WEIGHTS = {"loss_ce": 1.0, "loss_kd": 1.0, "loss_prior": PRIOR_WEIGHT, "loss_reverse": 1.0}
 
 
-def _png_size(path: Path) -> tuple[int, int]:
+def _rgb255(colour: str) -> np.ndarray:
+    return np.round(np.array(to_rgb(colour)) * 255)
+
+
+def _png(path: Path) -> np.ndarray:
     with Image.open(path) as img:
         assert img.format == "PNG"
-        img.verify()
-    with Image.open(path) as img:
-        img.load()
-        return img.size
+        return np.asarray(img.convert("RGB")).astype(int)
+
+
+def _pdf_text(path: Path) -> tuple[str, bytes]:
+    """The text drawn in a matplotlib PDF (Type 42 fonts: UTF-16BE strings in TJ arrays), and the raw file."""
+    raw = path.read_bytes()
+    assert raw.startswith(b"%PDF-")
+    text = []
+    for stream in re.findall(rb"stream\r?\n(.*?)endstream", raw, re.S):
+        try:
+            content = zlib.decompress(stream)
+        except zlib.error:
+            continue
+        for array in re.findall(rb"\[(.*?)\] TJ", content, re.S):
+            chunks = re.findall(rb"\(((?:\\.|[^\\)])*)\)", array, re.S)
+            joined = b"".join(re.sub(rb"\\(\d{1,3}|.)", lambda m: bytes([int(m[1], 8)]) if m[1].isdigit()
+                                     else {b"n": b"\n", b"r": b"\r", b"t": b"\t"}.get(m[1], m[1]), c)
+                              for c in chunks)
+            text.append(joined.decode("utf-16-be", "replace"))
+    return "\n".join(text), raw
+
+
+def _assert_vector_pdf(png: Path, *titles: str) -> str:
+    """The PDF beside ``png`` draws the chart as vectors (no raster image) and holds ``titles`` as text."""
+    text, raw = _pdf_text(pdf_path(png))
+    assert b"/Subtype /Image" not in raw
+    for title in titles:
+        assert title in text, (title, text[:300])
+    return text
 
 
 def _record(epoch: int, warmup_epochs: int = 10, **overrides) -> dict:
@@ -42,32 +76,42 @@ def _write_log(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def test_line_chart_size_and_validity(tmp_path: Path) -> None:
-    out = tmp_path / "sub" / "chart.png"                  # parent folders are created
-    line_chart({"a": ([0, 1, 2], [1.0, 0.5, 0.25]), "b": ([0, 2], [0.1, None])}, out, "t", "x", "y",
-               size=(500, 300))
-    assert _png_size(out) == (500, 300)
+def test_training_curves_png_and_vector_pdf(tmp_path: Path) -> None:
+    log = _write_log(tmp_path / "log.jsonl", [_record(e, warmup_epochs=4) for e in range(8)])
+    out = tmp_path / "sub" / "training_curves.png"                  # folders are made
+    plot_training_curves(log, out, WEIGHTS, LOSS_TERM_LABELS, n_seen=8)
+    pixels = _png(out)
+    assert pixels.shape[1] > 1500 and pixels.shape[0] > 400 and pixels.std() > 10
+    text = _assert_vector_pdf(out, "(a) loss terms", "validation top-1", "learning rate", "warm-up ends")
+    assert "total = ce + kd + 0.1\u00b7prior + reverse" in text               # how "total" adds up
+    assert "chance (1/8 = 12.5 %)" in text                                   # the chance line's label
+    assert all(label in text for label in LOSS_TERM_LABELS.values())
 
 
-def test_training_curves_full_log(tmp_path: Path) -> None:
-    log = _write_log(tmp_path / "log.jsonl", [_record(e) for e in range(20)])
-    plot_training_curves(log, tmp_path / "curves.png")
-    assert _png_size(tmp_path / "curves.png") == TRAINING_FIGURE_SIZE
+def test_total_formula_follows_the_run_s_weights() -> None:
+    assert total_formula(WEIGHTS) == "total = ce + kd + 0.1\u00b7prior + reverse"
+    assert total_formula({**WEIGHTS, "loss_prior": 0.0}) == "total = ce + kd + reverse (prior: weight 0)"
+    assert total_formula({**WEIGHTS, "loss_prior": 0.25}).startswith("total = ce + kd + 0.25\u00b7prior")
+
+
+def test_training_curves_with_another_prior_weight_and_chance(tmp_path: Path) -> None:
+    """The legend and the chance line come from the arguments, not from constants."""
+    log = _write_log(tmp_path / "log.jsonl", [_record(e) for e in range(3)])
+    plot_training_curves(log, tmp_path / "c.png", {**WEIGHTS, "loss_prior": 0.0}, LOSS_TERM_LABELS, n_seen=100)
+    text = _assert_vector_pdf(tmp_path / "c.png", "(prior: weight 0)", "chance (1/100 = 1 %)")
+    assert "warm-up ends" not in text                                  # the log never leaves warm-up
 
 
 @pytest.mark.parametrize("records", [
     [_record(0)],                                                        # one epoch
-    [_record(0, val_top1_pct=None)],                                         # one epoch, no validation
-    [_record(e, val_top1_pct=None) for e in range(3)],                       # never validated
-    [_record(e, warmup_epochs=0) for e in range(2)],                     # no warm-up at all
+    [_record(e, val_top1_pct=None) for e in range(3)],                   # never validated
     [{"epoch": 0, "loss_total": 1.0}],                                   # only one key
     [_record(0, loss_ce=float("nan"), lr=0.0), _record(1)],              # NaN loss, zero lr (log axis)
-    [_record(0), _record(1), _record(1, loss_total=9.0)],                # epoch re-logged after a resume
 ])
 def test_training_curves_edge_cases(tmp_path: Path, records: list[dict]) -> None:
     log = _write_log(tmp_path / "log.jsonl", records)
-    plot_training_curves(log, tmp_path / "curves.png")
-    assert _png_size(tmp_path / "curves.png") == TRAINING_FIGURE_SIZE
+    plot_training_curves(log, tmp_path / "curves.png", WEIGHTS, LOSS_TERM_LABELS, n_seen=8)
+    assert _png(tmp_path / "curves.png").std() > 10 and pdf_path(tmp_path / "curves.png").is_file()
 
 
 def test_training_log_reading(tmp_path: Path) -> None:
@@ -76,36 +120,28 @@ def test_training_log_reading(tmp_path: Path) -> None:
     assert [r["epoch"] for r in records] == [0, 1] and records[1]["loss_total"] == 9.0   # last line wins
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(UserError, match="no epochs"):
-        plot_training_curves(tmp_path / "empty.jsonl", tmp_path / "x.png")
+        read_training_log(tmp_path / "empty.jsonl")
     (tmp_path / "bad.jsonl").write_text(json.dumps(_record(0)) + "\n{oops\n")
     with pytest.raises(UserError, match="line 2"):
-        plot_training_curves(tmp_path / "bad.jsonl", tmp_path / "x.png")
+        read_training_log(tmp_path / "bad.jsonl")
     with pytest.raises(UserError, match="does not exist"):
-        plot_training_curves(tmp_path / "missing.jsonl", tmp_path / "x.png")
+        read_training_log(tmp_path / "missing.jsonl")
 
 
-@pytest.mark.parametrize("curves", [
-    {"one-to-one": (np.linspace(0, 1, 500), np.linspace(1, 0.2, 500)),
-     "one-to-many": (np.linspace(0, 1, 500), np.linspace(1, 0.3, 500))},
-    {"single point": (np.array([0.5]), np.array([0.5]))},
-    {"empty": (np.zeros(0), np.zeros(0))},
-])
-def test_pr_curves(tmp_path: Path, curves: dict) -> None:
-    plot_pr_curves(curves, tmp_path / "pr.png", "precision-recall")
-    assert _png_size(tmp_path / "pr.png") == (560, 460)
+def _metrics(precision_rows: list[list[float]]) -> QueryMetrics:
+    pr = np.array([np.interp(PR_RECALL_LEVELS, [0, 1], row) for row in precision_rows])
+    return QueryMetrics(values={}, pr_precision=pr, labels=np.zeros(len(pr), dtype=int))
 
 
-def test_long_chart_title_is_wrapped_not_cut(tmp_path: Path) -> None:
-    """A title wider than the chart breaks into lines: no ink touches the picture's left or right edge."""
-    curves = {"one-to-one": (np.linspace(0, 1, 5), np.linspace(1, 0.2, 5))}
-    title = "demo (generated shapes, run with the sketchy/zeroshot1 scripts): mean interpolated precision"
-    plot_pr_curves(curves, tmp_path / "long.png", title)
-    plot_pr_curves(curves, tmp_path / "short.png", "short")
-    with Image.open(tmp_path / "long.png") as img:
-        band = np.asarray(img.convert("L"))[:60]
-    assert band[:, :4].min() > 200 and band[:, -4:].min() > 200
-    inked_rows = np.flatnonzero(band[:, 20:-20].min(axis=1) < 128)
-    assert inked_rows.max() - inked_rows.min() > 25          # two lines of title text
+def test_pr_figure_says_what_the_mean_is_over(tmp_path: Path) -> None:
+    rows = [[1.0, 0.2], [0.9, 0.4], [0.8, 0.3]]
+    no_positive = rows + [[np.nan, np.nan]]                  # a query whose class has no gallery item
+    curves = {"one-to-one": _metrics(no_positive), "one-to-many M=2 K=5": _metrics(rows)}
+    out = tmp_path / "pr_curve.png"
+    write_pr_figure(curves, out, "sketchy/zeroshot1")
+    text = _assert_vector_pdf(out, "sketchy/zeroshot1", "one-to-one", "one-to-many M=2 K=5", "recall")
+    assert "mean over the 3 query sketches" in text
+    assert _png(out).std() > 10
 
 
 def _solid(path: Path, colour: tuple[int, int, int]) -> Path:
@@ -113,61 +149,41 @@ def _solid(path: Path, colour: tuple[int, int, int]) -> Path:
     return path
 
 
-def test_retrieval_grid_frames(tmp_path: Path) -> None:
+def test_retrieval_examples_frames_marks_and_names(tmp_path: Path) -> None:
     sketch = _solid(tmp_path / "q.png", (255, 255, 255))
-    photo = _solid(tmp_path / "p.jpg", (0, 0, 255))
+    photo = _solid(tmp_path / "p.png", (0, 0, 255))
     verdicts = [[True, False, True], [False, False, True, True, False]]    # rows of different lengths
-    rows = [{"query_path": sketch, "query_class": "crescent moon",
+    rows = [{"query_path": sketch, "query_class": "crescent moon", "label": label,
              "results": [(photo, "a class name far too long for a tile", ok) for ok in row]}
-            for row in verdicts]
-    rows[0]["results"][1] = (tmp_path / "missing.jpg", "star", False)      # unreadable image: placeholder
-    tile = 96
-    out = tmp_path / "grid.png"
-    retrieval_grid(rows, out, tile=tile)
-    layout = grid_layout(tile)
-    assert _png_size(out) == layout.image_size(len(rows), 5)
-    img = Image.open(out).convert("RGB")
+            for label, row in zip(("one-to-one (Euclidean)", "one-to-many M=2 K=5"), verdicts)]
+    rows[0]["results"][1] = (tmp_path / "missing.jpg", "star", False)      # unreadable image: still drawn
+    out = tmp_path / "retrieval_examples.png"
+    layout = draw_examples(rows, read_rgb, out)
+    pixels = _png(out)
+    assert np.abs(np.subtract(pixels.shape[:2], (layout.size[1] * DPI, layout.size[0] * DPI))).max() < 1.01
     for r, row in enumerate(verdicts):
         for c, ok in enumerate([None] + row):
-            x0, y0, _, _ = layout.cell(r, c)
-            # the middle of the left frame edge, above the label strip
-            colour = img.getpixel((x0 + layout.frame // 2, y0 + tile // 3))
-            expected = QUERY_COLOUR if ok is None else CORRECT_COLOUR if ok else WRONG_COLOUR
-            assert colour == expected, (r, c)
-        inside = img.getpixel((layout.cell(r, 1)[0] + tile // 2, layout.cell(r, 1)[1] + tile // 3))
-        assert inside != CORRECT_COLOUR and inside != WRONG_COLOUR            # the photo, not the frame
+            x0, y0, x1, y1 = layout.pixel_box(r, c, DPI)
+            # the middle of the left frame edge, and of the bottom one: the frame's colour, several pixels thick
+            expected = NEUTRAL_COLOUR if ok is None else CORRECT_COLOUR if ok else WRONG_COLOUR
+            for x, y in ((x0, (y0 + y1) / 2), ((x0 + x1) / 2, y1)):
+                for dx in (-2, 0, 2):
+                    got = pixels[round(y), round(x) + dx] if x == x0 else pixels[round(y) + dx, round(x)]
+                    assert np.abs(got - _rgb255(expected)).max() <= 3, (r, c, got)
+            if ok is not None and not (r == 0 and c == 2):
+                inside = pixels[round((y0 + y1) / 2), round((x0 + x1) / 2)]
+                assert np.abs(inside - [0, 0, 255]).max() <= 3                  # the photo, not covered
+                # the tile's bottom row of photo pixels (just above the frame) is the photo: no caption on it
+                assert np.abs(pixels[round(y1) - 8, round((x0 + x1) / 2)] - [0, 0, 255]).max() <= 3
+        band = pixels[round(layout.pixel_box(r, 0, DPI)[1]) - 25:round(layout.pixel_box(r, 0, DPI)[1]) - 4]
+        assert band.min() < 100                                              # the row's label above it
+    text, raw = _pdf_text(pdf_path(out))
+    assert b"/Subtype /Image" in raw                                         # the photos, embedded
+    assert text.count(CORRECT_MARK) == 4 and text.count(WRONG_MARK) == 4   # a mark per result
+    assert "one-to-many M=2 K=5" in text and "crescent moon" in text and "star" in text
+    assert "a class name" in text and "\u2026" in text                       # long names shortened, not dropped
 
 
-def test_retrieval_grid_labels_rows(tmp_path: Path) -> None:
-    """Rows with a label (mode 2: one-to-one and one-to-many rankings) get a band above them naming it."""
-    sketch = _solid(tmp_path / "q.png", (255, 255, 255))
-    photo = _solid(tmp_path / "p.jpg", (0, 0, 255))
-    rows = [{"query_path": sketch, "query_class": "moon", "label": label, "results": [(photo, "moon", ok)] * 3}
-            for label, ok in (("one-to-one", False), ("one-to-many M=2 K=24 (chosen on seen-class validation)", True))]
-    tile, out = 64, tmp_path / "grid.png"
-    retrieval_grid(rows, out, tile=tile)
-    layout = grid_layout(tile, labelled=True)
-    assert layout.label > 0 and _png_size(out) == layout.image_size(2, 3) != grid_layout(tile).image_size(2, 3)
-    img = Image.open(out).convert("RGB")
-    for r, ok in enumerate((False, True)):
-        x0, y0, _, _ = layout.cell(r, 1)
-        assert img.getpixel((x0 + layout.frame // 2, y0 + tile // 3)) == (CORRECT_COLOUR if ok else WRONG_COLOUR)
-        band = img.crop((layout.gap, y0 - layout.label, layout.cell(r, 3)[2], y0)).convert("L")
-        assert np.asarray(band).min() < 100               # the label's ink is in the band above the row
-
-
-def test_retrieval_grid_needs_rows(tmp_path: Path) -> None:
+def test_retrieval_examples_need_rows(tmp_path: Path) -> None:
     with pytest.raises(UserError):
-        retrieval_grid([], tmp_path / "grid.png")
-
-
-def test_axis_ticks() -> None:
-    assert _nice_step(0.7) == 1 and _nice_step(0.13) == 0.2 and _nice_step(3.2, integer=True) == 5
-    assert _nice_step(0.3, integer=True) == 1
-    axis = _linear_axis(np.array([0.03, 0.87]), None, integer=False, pad=True)
-    assert axis.lo <= 0.03 and axis.hi >= 0.87 and len(axis.ticks) >= 3
-    assert all(axis.lo - 1e-9 <= t <= axis.hi + 1e-9 for t in axis.ticks)
-    assert _format_number(0.25, 0.05) == "0.25" and _format_number(1e-4, 1e-5) == "1e-4"
-    single = _linear_axis(np.array([3.0]), None, integer=True, pad=False)   # a 1-epoch log
-    assert single.lo < 3 < single.hi and 3.0 in single.ticks
-    assert not any(math.isnan(t) for t in single.ticks)
+        draw_examples([], read_rgb, tmp_path / "grid.png")

@@ -15,7 +15,8 @@ from data.registry import get_setting
 from retrieval.metrics import METRIC_KEYS
 from tests.fixtures import make_tree
 from tests.helpers_retrieval import make_checkpoint, write_features
-from utils.plotting import grid_layout
+from retrieval.figures import ExamplesLayout
+from utils.figures import DPI
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {
@@ -107,13 +108,13 @@ def test_on_a_dataset_and_checkpoint(script, tmp_path, monkeypatch, capsys):
     assert_schema(results, setting, 2, selected=True)
     assert (results["n_queries"], results["n_gallery"], results["feature_dim"]) == (6, 8, 320)
     assert "honest one-to-many (M=2" in out and "chosen on seen-class validation" in out
-    for name in ("features_zero.pickle", "features_zero.json", "results.md", "pr_curve.png",
-                 "retrieval_examples.png"):
+    for name in ("features_zero.pickle", "features_zero.json", "results.md", "pr_curve.png", "pr_curve.pdf",
+                 "retrieval_examples.png", "retrieval_examples.pdf"):
         assert (run_dir / name).is_file(), name
     assert [p.name for p in run_dir.glob("features_seen_val_*.json")] == ["features_seen_val_c2_q2000_g20000_seed123.json"]
     # mode 2: each of the 2 example queries (one per unseen class) once per ranking, rows labelled
     with Image.open(run_dir / "retrieval_examples.png") as img:
-        assert img.size == grid_layout(96, labelled=True).image_size(4, 8)
+        assert np.abs(np.subtract(img.size, np.multiply(ExamplesLayout(4, 8, labelled=True).size, DPI))).max() < 1.01
 
 
 def test_fast_extraction_options_give_the_same_features_and_are_recorded(tmp_path, monkeypatch, capsys):
