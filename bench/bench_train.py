@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from engine.train import sbka_losses  # noqa: E402
+from engine.train import step_losses  # noqa: E402
+from losses import SBKAObjective  # noqa: E402
 from models import build_student, build_teacher  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
 from utils.precision import AMP_DTYPE, released_training_numerics  # noqa: E402
@@ -31,12 +32,12 @@ from utils.precision import AMP_DTYPE, released_training_numerics  # noqa: E402
 
 @dataclass
 class Batch:
-    """One training batch on the device: images, seen labels, photo flags, cid_mask rows."""
+    """One training batch on the device: images, seen labels, photo flags, the cid_mask (a row per seen class)."""
 
     x: torch.Tensor
     y: torch.Tensor
     is_photo: torch.Tensor
-    mask: Optional[torch.Tensor]
+    cid_mask: Optional[torch.Tensor]
 
     def __len__(self) -> int:
         return len(self.x)
@@ -45,15 +46,15 @@ class Batch:
 def synthetic_batch(n_sketch: int, n_photo: int, img_size: int, n_seen: int, device: torch.device,
                     seed: int = 0, images: Optional[torch.Tensor] = None) -> Batch:
     """A batch of ``n_sketch`` sketches and ``n_photo`` photos (random images unless ``images`` is given),
-    shuffled as the trainer shuffles them; labels and cid_mask rows are random, seeded."""
+    shuffled as the trainer shuffles them; labels and the cid_mask are random, seeded."""
     g = torch.Generator().manual_seed(seed)
     b = n_sketch + n_photo
     x = images if images is not None else torch.randn(b, 3, img_size, img_size, generator=g)
     is_photo = torch.cat([torch.zeros(n_sketch), torch.ones(n_photo)])
     perm = torch.randperm(b, generator=g)
     y = torch.randint(0, n_seen, (b,), generator=g)
-    mask = torch.rand(n_seen, 1000, generator=g, dtype=torch.float32)[y]
-    return Batch(x[perm].to(device), y.to(device), is_photo[perm].to(device), mask.to(device))
+    cid_mask = torch.rand(n_seen, 1000, generator=g, dtype=torch.float32)
+    return Batch(x[perm].to(device), y.to(device), is_photo[perm].to(device), cid_mask.to(device))
 
 
 class TrainStep:
@@ -83,8 +84,8 @@ class TrainStep:
 
     def losses(self, batch: Batch, bidirectional: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x = batch.x.contiguous(memory_format=self.memory_format)
-        return sbka_losses(self.run_student, self.run_teacher, x, batch.y, batch.is_photo, batch.mask,
-                           bidirectional, False, self.autocast())
+        return step_losses(self.run_student, self.run_teacher, SBKAObjective(), x, batch.y, batch.is_photo,
+                           batch.cid_mask, bidirectional, self.autocast())
 
     def step(self, batch: Batch, bidirectional: bool = True) -> dict[str, torch.Tensor]:
         total, terms = self.losses(batch, bidirectional)

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -32,7 +31,7 @@ from engine.runs import (BEST, CHECKPOINT, FIGURE, LOG, MACHINE_FLAGS, MOVABLE_F
                          batch_message, batch_rule, claim_savedir, cpu_estimate, restore_run_args, resume_command,
                          smoke_preset)
 from engine.training_curves import plot_training_curves
-from losses import gaussian_prior_kl, semantic_soft_cross_entropy
+from losses import LOSS_TERM_LABELS, PRIOR_WEIGHT, SEMANTIC_BIAS, SBKAObjective
 from models import SBKAStudent, SBKATeacher, build_student, build_teacher
 from models.sbka import CLASSIFIER_INIT_STD, DEFAULT_MODEL, warn_random_weights
 from utils.checkpoint import atomic_save, atomic_write, load_checkpoint
@@ -45,10 +44,6 @@ from utils.progress import progress
 from utils.provenance import list_fingerprint, new_run_id, project_version, state_dict_sha256
 
 DEFAULT_PRETRAINED = "pretrained_model/convnextv2_tiny_1k_224_ema.pt"
-PRIOR_WEIGHT = 0.1
-# What each logged loss term is, for the training-curve figure's legend.
-LOSS_TERM_LABELS = {"loss_ce": "ce: seen-class cross-entropy", "loss_kd": "kd: student \u2190 teacher",
-                    "loss_prior": "prior: Gaussian KL", "loss_reverse": "reverse kd: teacher \u2190 student"}
 LR_DECAY = 0.001           # lr(e) = base * LR_DECAY ** (e / epochs)
 
 
@@ -137,6 +132,12 @@ def build_parser(setting: Setting, dataset: str) -> ArgumentParser:
         p.add_argument("--val_list", action="store_true",
                        help="validate on the split's sketch_test-role list (sketch_filelist_test.txt, "
                             "sketch_test.txt or sketch_tx_..._filelist_test.txt) and keep the best epoch")
+    p.add_argument("--prior_weight", type=float, default=PRIOR_WEIGHT,
+                   help=f"weight of the Gaussian-prior KL term in the student objective (released: {PRIOR_WEIGHT:g}; "
+                        "0: no prior)")
+    p.add_argument("--semantic_bias", type=float, default=SEMANTIC_BIAS,
+                   help=f"weight of the cid_mask row added to both distillation targets (released: "
+                        f"{SEMANTIC_BIAS:g}; 0: no semantic bias)")
     p.add_argument("--detach_reverse_target", action="store_true",
                    help="variant: the reverse loss L_kd(t<-s) does not push the student")
     p.add_argument("--no_figures", action="store_true", help=f"do not write {FIGURE} (and its PDF)")
@@ -157,7 +158,7 @@ def check_args(args: argparse.Namespace) -> None:
             raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     if not 0 < args.lr_decay <= 1:
         raise UserError(f"--lr_decay must be in (0, 1], got {args.lr_decay}")
-    for flag in ("lr", "weight_decay"):
+    for flag in ("lr", "weight_decay", "prior_weight", "semantic_bias"):
         if not math.isfinite(getattr(args, flag)) or getattr(args, flag) < 0:
             raise UserError(f"--{flag} must be a non-negative number, got {getattr(args, flag)}")
 
@@ -344,60 +345,38 @@ class FiniteWatch:
 
 @dataclass(frozen=True)
 class BatchShare:
-    """This process's part of one step's global batch.
+    """The global batch a process's share belongs to.
 
-    Every loss term is a sum over the process's images divided by the GLOBAL count (all images for L_ce and
-    L_prior, all photos for the two L_kd), times ``world_size`` because DDP averages gradients over processes:
+    Every loss term is a sum over the process's images divided by a GLOBAL count (all images for L_ce and
+    L_prior, all photos for the two L_kd) over ``world_size``, because DDP averages gradients over processes:
     the mean over processes is then the term on the whole batch, whatever each process's share.
     """
-    images: int               # global: sketches + photos
+    images: int               # sketches + photos of the global batch
     photos: int
-    local_images: int
-    local_photos: int
     world_size: int = 1
 
-    def weight(self, local: int, total: int) -> float:
-        """Factor turning a mean over ``local`` items into this process's share of the mean over ``total``."""
-        return local * self.world_size / total if local else 0.0
+    def denominators(self) -> dict[str, float]:
+        return {"samples": self.images / self.world_size, "photos": self.photos / self.world_size}
 
 
-def sbka_losses(student: torch.nn.Module, teacher: SBKATeacher, x: torch.Tensor, y: torch.Tensor,
-                is_photo: torch.Tensor, mask: Optional[torch.Tensor], bidirectional: bool,
-                detach_reverse_target: bool, autocast, share: Optional[BatchShare] = None
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """All loss terms of one step and the total whose single backward gives METHOD section 4's gradients.
+def step_losses(student: torch.nn.Module, teacher: SBKATeacher, objective: SBKAObjective, x: torch.Tensor,
+                y: torch.Tensor, is_photo: torch.Tensor, cid_mask: Optional[torch.Tensor], bidirectional: bool,
+                autocast, share: Optional[BatchShare] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The forward passes of one step and the objective on them: (total, terms).
 
-    Student: grad of L_ce + L_kd(s<-t) + 0.1 L_prior (+ L_kd(t<-s) unless detached). Teacher head: grad of
-    L_kd(t<-s) only -- the released code zeroes the teacher's grads from L_kd(s<-t) before the reverse
-    backward, which equals detaching the teacher logits inside L_kd(s<-t), as done here. ``share``: this
-    process's part of a global batch (the terms are normalised by the global counts); None: ``x`` is the batch.
+    Warm-up: the teacher runs without a graph (nothing of it learns); bidirectional: with one, so the
+    objective's reverse term reaches its head. ``share``: the global batch ``x`` is a share of (the terms are
+    normalised by its counts); None: ``x`` is the whole batch.
     """
     with autocast:
-        seen_logits, imagenet_logits, feature = student(x)
+        student_outputs = student(x)
         if bidirectional:
             teacher_logits = teacher(x)
         else:
             with torch.no_grad():
                 teacher_logits = teacher(x)
-    if share is None:                                   # x is the whole batch: plain means
-        ce, on_images, on_photos = F.cross_entropy(seen_logits.float(), y), 1.0, 1.0
-    else:
-        ce = F.cross_entropy(seen_logits.float(), y, reduction="sum") / share.images * share.world_size
-        on_images = share.weight(share.local_images, share.images)
-        on_photos = share.weight(share.local_photos, share.photos)
-    terms = {
-        "loss_ce": ce,
-        "loss_kd": semantic_soft_cross_entropy(imagenet_logits, teacher_logits.detach(), is_photo, mask) * on_photos,
-        # an empty share: 0, still tied to the weights (DDP expects a gradient for every parameter)
-        "loss_prior": (gaussian_prior_kl(feature) * on_images if share is None or share.local_images
-                       else feature.float().sum()),
-    }
-    total = terms["loss_ce"] + terms["loss_kd"] + PRIOR_WEIGHT * terms["loss_prior"]
-    if bidirectional:
-        target = imagenet_logits.detach() if detach_reverse_target else imagenet_logits
-        terms["loss_reverse"] = semantic_soft_cross_entropy(teacher_logits, target, is_photo, mask) * on_photos
-        total = total + terms["loss_reverse"]
-    return total, terms
+    return objective(student_outputs, teacher_logits, y, is_photo, cid_mask, bidirectional,
+                     **(share.denominators() if share is not None else {}))
 
 
 def initial_student(model: str, n_seen: int, pretrained: Optional[str], classifier_std: float,
@@ -445,6 +424,7 @@ class Trainer:
                                getattr(args, "val_list", False), normalize=not args.gpu_normalize)
         self.cid_mask = (load_cid_mask(paths.cid_mask_file, self.data.n_seen).to(device)
                          if setting.use_cid_mask else None)
+        self.objective = SBKAObjective(args.prior_weight, args.semantic_bias, args.detach_reverse_target)
 
         # the released global batch on any process count: each process takes its share of every global batch
         n_sk, n_ph = setting.split_batch(args.batch_size)
@@ -601,8 +581,7 @@ class Trainer:
             y = torch.cat([sk_y, ph_y]).to(self.device, non_blocking=True)
             is_photo = torch.cat([torch.zeros(len(sk)), torch.ones(len(ph))]).to(self.device, non_blocking=True)
             perm = torch.randperm(len(x)).to(self.device, non_blocking=True)
-            share = BatchShare(images=n_sk + n_ph, photos=n_ph, local_images=len(x), local_photos=len(ph),
-                               world_size=self.info.world_size)
+            share = BatchShare(images=n_sk + n_ph, photos=n_ph, world_size=self.info.world_size)
             yield x[perm].contiguous(memory_format=self.memory_format), y[perm], is_photo[perm], share
 
     def empty_half(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -637,9 +616,8 @@ class Trainer:
                 if step and (step - 1) % self.finite_check_every == 0:
                     watch.check(epoch)
                 x, y, is_photo, share = next(batches)
-            mask = self.cid_mask[y] if self.cid_mask is not None else None
-            total, terms = sbka_losses(self.student, self.teacher, x, y, is_photo, mask, bidirectional,
-                                       args.detach_reverse_target, autocast, share)
+            total, terms = step_losses(self.student, self.teacher, self.objective, x, y, is_photo, self.cid_mask,
+                                       bidirectional, autocast, share)
             watch.record(step, total, terms)
             self.opt_student.zero_grad(set_to_none=True)
             self.opt_teacher.zero_grad(set_to_none=True)
@@ -744,11 +722,8 @@ class Trainer:
     def figures(self) -> None:
         if self.args.no_figures:
             return
-        # the weights say how the logged terms add up to the logged total
-        weights = {"loss_ce": 1.0, "loss_kd": 1.0, "loss_prior": getattr(self.args, "prior_weight", PRIOR_WEIGHT),
-                   "loss_reverse": 1.0}
-        plot_training_curves(self.savedir / LOG, self.savedir / FIGURE, weights, LOSS_TERM_LABELS,
-                             self.data.n_seen)
+        plot_training_curves(self.savedir / LOG, self.savedir / FIGURE, self.objective.term_weights(),
+                             LOSS_TERM_LABELS, self.data.n_seen)
 
 
 def interrupted_message(dataset: str, args: argparse.Namespace, explicit: dict[str, Any],
@@ -781,4 +756,4 @@ def main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
         cleanup(info)
 
 
-__all__ = ["main", "lr_at", "sbka_losses", "Trainer", "build_parser", "get_setting"]
+__all__ = ["main", "lr_at", "step_losses", "Trainer", "build_parser", "get_setting"]

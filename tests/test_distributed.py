@@ -33,9 +33,9 @@ def global_batch(setting_name: str):
     x = torch.randn(n, 3, IMG, IMG, generator=g)
     y = torch.randint(0, setting.n_seen, (n,), generator=g)
     is_photo = torch.cat([torch.zeros(n_sk), torch.ones(n_ph)])
-    mask = torch.rand(setting.n_seen, 1000, generator=g) if setting.use_cid_mask else None
+    cid_mask = torch.rand(setting.n_seen, 1000, generator=g) if setting.use_cid_mask else None
     noise = torch.randn(n, 320, generator=g)          # convnextv2_atto's feature width
-    return setting, n_sk, n_ph, x, y, is_photo, mask, noise
+    return setting, n_sk, n_ph, x, y, is_photo, cid_mask, noise
 
 
 def step_gradients(setting_name: str, info: DistInfo) -> dict[str, torch.Tensor]:
@@ -43,14 +43,14 @@ def step_gradients(setting_name: str, info: DistInfo) -> dict[str, torch.Tensor]
     student's (DDP) and the teacher head's gradients after the trainer's reductions, and the logged terms."""
     from torch.nn.parallel import DistributedDataParallel
 
+    from losses import SBKAObjective
     from models import build_teacher
 
-    setting, n_sk, n_ph, x, y, is_photo, mask, noise = global_batch(setting_name)
+    setting, n_sk, n_ph, x, y, is_photo, cid_mask, noise = global_batch(setting_name)
     sk, ph = rank_share(n_sk, info.world_size, info.rank), rank_share(n_ph, info.world_size, info.rank)
     ids = torch.cat([torch.arange(n_sk)[sk], n_sk + torch.arange(n_ph)[ph]])
     ids = ids[torch.randperm(len(ids), generator=torch.Generator().manual_seed(info.rank))]   # shuffled, as batches()
-    share = train.BatchShare(images=n_sk + n_ph, photos=n_ph, local_images=len(ids),
-                             local_photos=int(is_photo[ids].sum()), world_size=info.world_size)
+    share = train.BatchShare(images=n_sk + n_ph, photos=n_ph, world_size=info.world_size)
 
     real_randn = torch.randn
 
@@ -64,9 +64,8 @@ def step_gradients(setting_name: str, info: DistInfo) -> dict[str, torch.Tensor]
     model = DistributedDataParallel(student) if info.enabled else student
     torch.randn = noise_of_these_images
     try:
-        total, terms = train.sbka_losses(model, teacher, x[ids], y[ids], is_photo[ids],
-                                         mask[y[ids]] if mask is not None else None, True, False, nullcontext(),
-                                         share)
+        total, terms = train.step_losses(model, teacher, SBKAObjective(), x[ids], y[ids], is_photo[ids], cid_mask,
+                                         True, nullcontext(), share)
     finally:
         torch.randn = real_randn
     total.backward()

@@ -1,4 +1,5 @@
-"""Each loss against a hand computation, and the gradient flow of METHOD.md section 4."""
+"""Each loss against a hand computation, the objective's weights and denominators, and the gradient flow of
+METHOD.md section 4."""
 import math
 from contextlib import nullcontext
 
@@ -6,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.train import lr_at, sbka_losses
-from losses import gaussian_prior_kl, semantic_soft_cross_entropy
+from engine.train import lr_at, step_losses
+from losses import SBKAObjective, gaussian_prior_kl, seen_class_cross_entropy, semantic_soft_cross_entropy
 from models import build_student, build_teacher
 
 
@@ -70,8 +71,8 @@ def tiny():
     x = torch.randn(6, 3, 32, 32)
     y = torch.tensor([0, 1, 2, 0, 1, 2])
     is_photo = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0, 1.0])
-    mask = torch.rand(6, 1000)
-    return student, teacher, x, y, is_photo, mask
+    cid_mask = torch.rand(3, 1000)   # one row per seen class
+    return student, teacher, x, y, is_photo, cid_mask
 
 
 def _grads(model, loss):
@@ -83,7 +84,8 @@ def _grads(model, loss):
 def _student_grad(tiny, bidirectional, detach, only_student_terms=False):
     student, teacher, x, y, is_photo, mask = tiny
     torch.manual_seed(1)  # same prior noise every call
-    total, terms = sbka_losses(student, teacher, x, y, is_photo, mask, bidirectional, detach, nullcontext())
+    total, terms = step_losses(student, teacher, SBKAObjective(detach_reverse_target=detach), x, y, is_photo, mask,
+                               bidirectional, nullcontext())
     if only_student_terms:
         total = terms["loss_ce"] + terms["loss_kd"] + 0.1 * terms["loss_prior"]
     g = _grads(student, total)
@@ -102,7 +104,7 @@ def test_student_gradient_contains_reverse_term_by_default(tiny):
 def test_teacher_head_gradient_is_that_of_the_reverse_loss_only(tiny):
     student, teacher, x, y, is_photo, mask = tiny
     torch.manual_seed(1)
-    total, terms = sbka_losses(student, teacher, x, y, is_photo, mask, True, False, nullcontext())
+    total, terms = step_losses(student, teacher, SBKAObjective(), x, y, is_photo, mask, True, nullcontext())
     head = teacher.head_parameters()
     g_total = torch.autograd.grad(total, head, retain_graph=True)
     g_rev = torch.autograd.grad(terms["loss_reverse"], head, retain_graph=True)
@@ -114,8 +116,79 @@ def test_teacher_head_gradient_is_that_of_the_reverse_loss_only(tiny):
 
 def test_warmup_gives_the_teacher_no_graph(tiny):
     student, teacher, x, y, is_photo, mask = tiny
-    total, terms = sbka_losses(student, teacher, x, y, is_photo, mask, False, False, nullcontext())
+    total, terms = step_losses(student, teacher, SBKAObjective(), x, y, is_photo, mask, False, nullcontext())
     assert "loss_reverse" not in terms
     total.backward()
     assert all(p.grad is None for p in teacher.parameters())
     student.zero_grad(set_to_none=True)
+
+
+def _outputs(seed=0, n=6, seen=3, dim=8):
+    g = torch.Generator().manual_seed(seed)
+    student = (torch.randn(n, seen, generator=g), torch.randn(n, 1000, generator=g), torch.randn(n, dim, generator=g))
+    teacher = torch.randn(n, 1000, generator=g)
+    y = torch.tensor([0, 1, 2, 0, 1, 2][:n])
+    is_photo = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0, 1.0][:n])
+    return student, teacher, y, is_photo, torch.rand(seen, 1000, generator=g)
+
+
+def _objective(objective, outputs, bidirectional=True, **counts):
+    torch.manual_seed(7)   # the same prior noise for every call
+    return objective(*outputs, bidirectional, **counts)
+
+
+def test_default_objective_is_the_released_formula_bit_for_bit():
+    outputs = _outputs()
+    (seen, imagenet, feature), teacher, y, is_photo, cid_mask = outputs
+    total, terms = _objective(SBKAObjective(), outputs)
+    torch.manual_seed(7)
+    prior = F.kl_div(F.log_softmax(feature, 1), F.softmax(torch.randn(feature.shape), 1), reduction="batchmean")
+    ce = F.cross_entropy(seen, y)
+    kd = semantic_soft_cross_entropy(imagenet, teacher, is_photo, cid_mask[y], 0.3)
+    reverse = semantic_soft_cross_entropy(teacher, imagenet, is_photo, cid_mask[y], 0.3)
+    assert torch.equal(terms["loss_ce"], ce) and torch.equal(terms["loss_prior"], prior)
+    assert torch.equal(terms["loss_kd"], kd) and torch.equal(terms["loss_reverse"], reverse)
+    assert torch.equal(total, ce + kd + 0.1 * prior + reverse)
+    warm_total, warm_terms = _objective(SBKAObjective(), outputs, bidirectional=False)
+    assert "loss_reverse" not in warm_terms and torch.equal(warm_total, ce + kd + 0.1 * prior)
+
+
+def test_prior_weight_and_semantic_bias_flags():
+    outputs = _outputs()
+    (seen, imagenet, feature), teacher, y, is_photo, cid_mask = outputs
+    total, terms = _objective(SBKAObjective(prior_weight=0.0), outputs)
+    assert torch.equal(total, terms["loss_ce"] + terms["loss_kd"] + terms["loss_reverse"])
+    assert terms["loss_prior"] > 0 and not terms["loss_prior"].requires_grad   # measured, not trained on
+    doubled, doubled_terms = _objective(SBKAObjective(prior_weight=0.2), outputs)
+    assert doubled.item() == pytest.approx(total.item() + 0.2 * doubled_terms["loss_prior"].item(), rel=1e-6)
+    _, no_bias = _objective(SBKAObjective(semantic_bias=0.0), outputs)
+    _, no_mask = _objective(SBKAObjective(), (outputs[0], teacher, y, is_photo, None))
+    _, biased = _objective(SBKAObjective(semantic_bias=0.5), outputs)
+    for term in ("loss_kd", "loss_reverse"):
+        assert torch.equal(no_bias[term], no_mask[term])
+        assert torch.equal(biased[term], semantic_soft_cross_entropy(
+            *((imagenet, teacher) if term == "loss_kd" else (teacher, imagenet)), is_photo, cid_mask[y], 0.5))
+        assert not torch.equal(biased[term], no_bias[term])
+
+
+def test_detached_reverse_target_keeps_the_student_out_of_the_reverse_term():
+    (seen, imagenet, feature), teacher, y, is_photo, cid_mask = _outputs()
+    imagenet.requires_grad_(True)
+    teacher.requires_grad_(True)
+    for detach in (False, True):
+        _, terms = _objective(SBKAObjective(detach_reverse_target=detach),
+                              ((seen, imagenet, feature), teacher, y, is_photo, cid_mask))
+        g_student, g_teacher = torch.autograd.grad(terms["loss_reverse"], (imagenet, teacher), allow_unused=True)
+        assert (g_student is None) == detach and g_teacher is not None
+
+
+def test_denominators_default_to_local_counts_and_may_be_given():
+    outputs = _outputs()
+    _, local = _objective(SBKAObjective(), outputs)
+    _, given = _objective(SBKAObjective(), outputs, samples=6, photos=torch.tensor(4.0))
+    _, global_ = _objective(SBKAObjective(), outputs, samples=12, photos=8)
+    for name in local:
+        assert torch.equal(local[name], given[name]), name   # the local counts, bit for bit
+        torch.testing.assert_close(global_[name], local[name] / 2)
+    seen, y = outputs[0][0], outputs[2]
+    assert torch.equal(seen_class_cross_entropy(seen, y), F.cross_entropy(seen, y))

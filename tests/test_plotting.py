@@ -12,14 +12,14 @@ from matplotlib.colors import to_rgb
 from PIL import Image
 
 from data.images import read_rgb
-from engine.train import LOSS_TERM_LABELS, PRIOR_WEIGHT
 from engine.training_curves import plot_training_curves, read_training_log, total_formula
+from losses import LOSS_TERM_LABELS, SBKAObjective
 from retrieval.figures import draw_examples, write_pr_figure
 from retrieval.metrics import PR_RECALL_LEVELS, QueryMetrics
 from utils.errors import UserError
 from utils.figures import CORRECT_COLOUR, CORRECT_MARK, DPI, NEUTRAL_COLOUR, WRONG_COLOUR, WRONG_MARK, pdf_path
 
-WEIGHTS = {"loss_ce": 1.0, "loss_kd": 1.0, "loss_prior": PRIOR_WEIGHT, "loss_reverse": 1.0}
+WEIGHTS = SBKAObjective().term_weights()
 
 
 def _rgb255(colour: str) -> np.ndarray:

@@ -108,6 +108,20 @@ def test_resume_refuses_a_different_model(tree, tmp_path):
         _run(tree, run, "--epochs", "2", "--resume", "--img_size", "40")
 
 
+def test_ablation_flags_reach_the_total_the_checkpoint_and_resume(tree, tmp_path):
+    run = tmp_path / "run"
+    _run(tree, run, "--epochs", "1", "--warmup_epochs", "0", "--prior_weight", "0", "--semantic_bias", "0",
+         "--max_steps_per_epoch", "2")
+    record = json.loads((run / LOG).read_text().splitlines()[0])
+    without_prior = record["loss_ce"] + record["loss_kd"] + record["loss_reverse"]
+    assert record["loss_total"] == pytest.approx(without_prior, rel=1e-6)
+    assert record["loss_total"] != pytest.approx(without_prior + 0.1 * record["loss_prior"], rel=1e-6)
+    args = load_checkpoint(run / CHECKPOINT)["args"]
+    assert args["prior_weight"] == 0.0 and args["semantic_bias"] == 0.0
+    with pytest.raises(UserError, match=r"--prior_weight 0.1 \(the run has 0.0\)"):
+        _run(tree, run, "--epochs", "2", "--resume", "--prior_weight", "0.1")
+
+
 def _script(name, *argv, env_extra=None, timeout=300):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     env.update(env_extra or {})
