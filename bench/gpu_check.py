@@ -92,9 +92,15 @@ class Plan:
     total_s: float = 420.0
 
 
-def batch_holder(sketch_loader, photo_loader, device: torch.device, gpu_normalize: bool) -> SimpleNamespace:
-    """What ``Trainer.batches`` reads from a trainer: its two loaders, device, memory format and flag."""
+def batch_holder(sketch_loader, photo_loader, device: torch.device, gpu_normalize: bool,
+                 sketch_sizes: list[int], photo_sizes: list[int]) -> SimpleNamespace:
+    """What ``Trainer.batches`` reads from a one-process trainer: its two loaders with their global batch sizes,
+    device, memory format and flag."""
+    from utils.distributed import DistInfo
+
     return SimpleNamespace(sketch_loader=sketch_loader, photo_loader=photo_loader, device=device,
+                           sketch_sampler=SimpleNamespace(global_sizes=lambda: sketch_sizes),
+                           photo_sampler=SimpleNamespace(global_sizes=lambda: photo_sizes), info=DistInfo(),
                            memory_format=torch.channels_last, args=SimpleNamespace(gpu_normalize=gpu_normalize))
 
 
@@ -470,10 +476,10 @@ def section_loader(sec: Section, args, plan: Plan, device, budget: Budget, ctx: 
         ph = (torch.zeros(n_ph, *shape, dtype=dtype), torch.zeros(n_ph, dtype=torch.long))
         if cuda(device):
             sk, ph = tuple(t.pin_memory() for t in sk), tuple(t.pin_memory() for t in ph)
-        holder = batch_holder([sk] * 10, [ph] * 10, device, dtype == torch.uint8)
+        holder = batch_holder([sk] * 10, [ph] * 10, device, dtype == torch.uint8, [n_sk] * 10, [n_ph] * 10)
         t0 = time.perf_counter()
         n = 0
-        for x, _, _ in Trainer.batches(holder):
+        for x, *_ in Trainer.batches(holder):
             sync(device)
             n += len(x)
         sec.row(pipeline=f"main process only: Trainer.batches + copy to {device.type}, {str(dtype)[6:]} "
@@ -484,12 +490,12 @@ def section_loader(sec: Section, args, plan: Plan, device, budget: Budget, ctx: 
         sk, sk_sampler = make_loader(data.sketches, n_sk, DistInfo(), 0, workers, cuda(device))
         ph, ph_sampler = make_loader(data.photos, n_ph, DistInfo(), 1, workers, cuda(device))
         torch.manual_seed(0)
-        holder = batch_holder(sk, ph, device, not normalize)
+        holder = batch_holder(sk, ph, device, not normalize, sk_sampler.global_sizes(), ph_sampler.global_sizes())
         t0 = time.perf_counter()
         first = None
         images = batches = 0
         limit = budget.cap(plan.loader_s, reserve=200)
-        for x, y, is_photo in Trainer.batches(holder):      # the trainer's own pairing, device copy, shuffle
+        for x, *_ in Trainer.batches(holder):               # the trainer's own pairing, device copy, shuffle
             sync(device)
             if first is None:
                 first = time.perf_counter()

@@ -112,7 +112,7 @@ def _first_batch(tree, savedir, *extra):
     seed_epoch(args.seed, 0, 0)
     trainer.sketch_sampler.set_epoch(0)
     trainer.photo_sampler.set_epoch(0)
-    x, y, _ = next(trainer.batches())
+    x, y, *_ = next(trainer.batches())
     return trainer.data.sketches[0][0], x, y
 
 
