@@ -5,11 +5,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.requirements-installed
 APP_STAMP := $(VENV)/.requirements-app-installed
+TEST_STAMP := $(VENV)/.requirements-test-installed
 APP_RUN  ?= checkpoint/demo
 APP_DATA ?= datasets/Demo
 APP_PORT ?= 7860
 
-.PHONY: demo test clean-demo app app-deps app-run
+.PHONY: demo test test-deps clean-demo app app-deps app-run
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +22,13 @@ $(APP_STAMP): requirements-app.txt $(STAMP)
 	@touch $(APP_STAMP)
 
 app-deps: $(APP_STAMP)
+
+$(TEST_STAMP): requirements-test.txt $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
+	@touch $(TEST_STAMP)
+
+# Test-only extras (OpenCV for the image-decoding cross-checks); without them those tests skip, saying why.
+test-deps: $(TEST_STAMP)
 
 app-run:
 	@test -f $(APP_RUN)/model_best.pth.tar || { echo "no trained model in $(APP_RUN): run \`make demo\` first"; exit 2; }
@@ -36,4 +44,4 @@ demo: $(STAMP)
 	$(PY) -m engine.demo
 
 clean-demo:
-	rm -rf datasets/Demo checkpoint/demo
+	rm -rf datasets/Demo checkpoint/demo checkpoint/demo_untrained

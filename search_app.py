@@ -14,12 +14,8 @@ import socket
 from pathlib import Path
 from typing import Optional, Sequence
 
-# Idle OpenMP threads sleep instead of spinning. On a shared CPU spinning threads fight the busy processes:
-# bench/bench_app.py measured a query 7x slower with spinning. Read when torch loads, so set before that.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from utils.cli import ArgumentParser  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.cli import ArgumentParser  # importing utils first sets OpenMP up for torch (utils/runtime.py)
+from utils.errors import UserError, run_cli
 
 CHECKPOINT_FILE = "model_best.pth.tar"
 
@@ -72,6 +68,9 @@ def is_loopback(host: str) -> bool:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
+    from app.searcher import load_searcher       # the core dependencies first: without torch the extras won't help
+    from utils.distributed import select_device
+
     try:
         import uvicorn
 
@@ -79,8 +78,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except ImportError as exc:
         raise UserError(f"the app needs its optional extras ({exc.name} is missing): "
                         "pip install -r requirements-app.txt, or run `make app`") from None
-    from app.searcher import load_searcher
-    from utils.distributed import select_device
 
     if args.batch_size < 1 or args.workers < 0:
         raise UserError("--batch_size must be at least 1 and --workers 0 or more")

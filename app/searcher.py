@@ -7,6 +7,7 @@ distance as in evaluation, or by the one-to-many blend at the (M, K) the run's `
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -122,6 +123,10 @@ class SketchSearcher:
             import torch._inductor.config as inductor_config
 
             inductor_config.freezing = True           # weights are constants of the compiled graph
+            if self.device.type == "cpu":
+                # Inductor's C++ build loads torch.utils.cpp_extension, which warns "No CUDA runtime is found"
+                # wherever a CUDA toolkit is installed without a GPU: true, and irrelevant to a CPU compile.
+                logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
             compiled = torch.compile(self.student.embed, dynamic=False)
             probe = torch.zeros(1, 3, self.img_size, self.img_size, device=self.device)
             with torch.inference_mode():

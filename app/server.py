@@ -1,6 +1,6 @@
 """The web app (Starlette, served by uvicorn): the drawing page, the JSON API and the gallery's photos.
 
-Routes: ``GET /`` the page, ``GET /api/info``, ``POST /api/search`` (a PNG/JPEG/WebP body or a multipart
+Routes: ``GET /`` the page (``/favicon.ico`` its icon), ``GET /api/info``, ``POST /api/search`` (a PNG/JPEG/WebP body or a multipart
 ``file``; ``?k=``, ``?one_to_many=1``, ``?class=``), ``GET /photo/{index}`` and ``GET /thumb/{index}``.
 Photos are served only by their index in the gallery's own list, so no request can name a file.
 """
@@ -83,6 +83,18 @@ def _int_param(request: Request, name: str, default: int) -> int:
         raise QueryError(400, f"{name} must be an integer, got {raw!r}") from None
 
 
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _bool_param(request: Request, name: str) -> bool:
+    """A yes/no query parameter: absent or empty is no; anything but 1/0, true/false, yes/no, on/off is refused
+    (like a bad ``k``), not read as no."""
+    raw = (request.query_params.get(name) or "0").lower()
+    if raw not in TRUE_WORDS + FALSE_WORDS:
+        raise QueryError(400, f"{name} must be 1 or 0 (true/false, yes/no, on/off), got {raw!r}")
+    return raw in TRUE_WORDS
+
+
 def create_app(searcher: SketchSearcher) -> Starlette:
     gallery = searcher.gallery
 
@@ -102,13 +114,16 @@ def create_app(searcher: SketchSearcher) -> Starlette:
     async def index_page(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
+    async def favicon(request: Request) -> Response:       # browsers ask for /favicon.ico whatever the page says
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
     async def info(request: Request) -> Response:
         return JSONResponse(searcher.info())
 
     async def search(request: Request) -> Response:
         try:
             k = _int_param(request, "k", DEFAULT_K)
-            one_to_many = request.query_params.get("one_to_many", "0").lower() in ("1", "true", "yes", "on")
+            one_to_many = _bool_param(request, "one_to_many")
             class_name: Optional[str] = request.query_params.get("class") or None
             searcher.check_request(k, one_to_many, class_name)      # before reading a large body
             data = await query_bytes(request)
@@ -136,6 +151,7 @@ def create_app(searcher: SketchSearcher) -> Starlette:
 
     routes = [
         Route("/", index_page),
+        Route("/favicon.ico", favicon),
         Route("/api/info", info),
         Route("/api/search", search, methods=["POST"]),
         Route("/photo/{index:int}", photo),

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 if "--spin" not in sys.argv:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")      # as search_app.py sets it (before torch loads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")      # as every entry point sets it (utils/runtime.py)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import utils  # noqa: E402, F401 - sets OpenMP up before torch loads (utils/runtime.py)
+import torch  # noqa: E402
 
 from retrieval import reference  # noqa: E402
 from retrieval.cluster_matching import fit_codebook  # noqa: E402

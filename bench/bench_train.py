@@ -21,6 +21,7 @@ from typing import Callable, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import utils  # noqa: E402, F401 - sets OpenMP up before torch loads (utils/runtime.py)
 import torch  # noqa: E402
 
 from engine.train import step_losses  # noqa: E402

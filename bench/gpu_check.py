@@ -38,6 +38,7 @@ for p in (str(ROOT), str(BENCH)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+import utils  # noqa: E402, F401 - sets OpenMP up before torch loads (utils/runtime.py)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 

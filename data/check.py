@@ -25,6 +25,7 @@ from data.registry import (REQUIRED_ROLES, SETTINGS, Setting, SettingPaths, get_
                            resolve_paths)
 from utils.errors import UserError, run_cli
 from utils.cli import ArgumentParser
+from utils.progress import progress
 
 # Line counts of the public packages' list files (METHOD.md section 1); None = not published exactly.
 PUBLIC_LIST_SIZES: dict[str, dict[str, int]] = {
@@ -76,8 +77,8 @@ class ListInfo:
 
 # ----------------------------------------------------------------------------------------------- lists
 def scheme_label(scheme: dict) -> str:
-    """A short name of a list-file naming: its sketch training list's file name."""
-    return scheme["sketch_train"]
+    """A list-file naming, whole: the file names of its required lists (the table cell shortens it, not this)."""
+    return ", ".join(scheme[role] for role in REQUIRED_ROLES)
 
 
 def complete_schemes(setting: Setting, split: Path) -> list[dict]:
@@ -98,11 +99,11 @@ def check_lists(setting: Setting, paths: SettingPaths, lists_cell: Cell, counts_
     schemes = complete_schemes(setting, paths.split)
     used = next((s for s in schemes if all(paths.lists.get(r) == paths.split / s[r] for r in REQUIRED_ROLES)),
                 schemes[0] if schemes else setting.naming_schemes[0])
-    lists_cell.add(OK, f"naming {scheme_label(used)} …")
+    lists_cell.add(OK, f"naming {scheme_label(used)}")
     if len(schemes) > 1:
-        others = ", ".join(scheme_label(s) for s in schemes if s is not used)
+        others = "; ".join(scheme_label(s) for s in schemes if s is not used)
         lists_cell.add(WARNING, f"{paths.split} holds more than one complete naming; the loaders read "
-                                f"{scheme_label(used)} …, not {others} …")
+                                f"{scheme_label(used)}; not {others}")
     try:
         seen = read_class_file(paths.class_file)
         unseen = read_class_file(paths.zero_class_file)
@@ -175,13 +176,11 @@ def _decode_chunk(paths: Sequence[str]) -> list[Optional[str]]:
 
 
 def decode_all(files: list[str], workers: int, desc: str = "decode images") -> dict[str, Optional[str]]:
-    """Decode each file once (in a process pool when ``workers`` > 0) with a progress bar."""
-    from tqdm import tqdm
-
+    """Decode each file once (in a process pool when ``workers`` > 0) with the project's progress (a bar on a
+    terminal, plain lines in a log)."""
     chunks = [files[i:i + CHUNK] for i in range(0, len(files), CHUNK)]
     results: dict[str, Optional[str]] = {}
-    with tqdm(total=len(files), desc=desc, unit="img", dynamic_ncols=True, file=sys.stderr,
-              disable=not files) as bar:
+    with progress(total=len(files), desc=desc, unit="img", disable=not files) as bar:
         if workers <= 0 or len(chunks) <= 1:
             outcomes: Iterable = map(_decode_chunk, chunks)
             pool = None
@@ -220,7 +219,8 @@ def report_images(cell: Cell, jobs: list, outcome: dict[str, Optional[str]], fra
     for p, f, line, why in bad[:MAX_LISTED]:
         cell.add(ERROR, f"image {p} ({f}, line {line}) {why}")
     if len(bad) > MAX_LISTED:
-        cell.add(ERROR, f"… and {len(bad) - MAX_LISTED} more images that do not exist or do not decode")
+        cell.add(ERROR, f"and {len(bad) - MAX_LISTED} more images that do not exist or do not decode "
+                        f"(the first {MAX_LISTED} are listed)")
     if not bad:
         what = "every listed image" if fraction >= 1.0 else f"a {fraction:.0%} sample per list"
         cell.add(OK, f"{len(jobs):,} images decode ({what})")

@@ -23,14 +23,17 @@ from data.demo import MARKER_FILE, generate_demo_dataset
 from data.lists import read_class_file
 from engine import train
 from retrieval import evaluate
+from retrieval.report import BASELINE_LABEL, DEMO_LABEL
 from utils.checkpoint import atomic_save
 from utils.cli import ArgumentParser
 from utils.errors import UserError, run_cli
 
 SETTING = "sketchy/zeroshot1"
-# Reports and figures of the demo say so: its numbers are the generated shapes', not Sketchy's.
-DEMO_LABEL = "demo (generated shapes, run with the sketchy/zeroshot1 scripts)"
 DEMO_MODEL = "convnextv2_atto"
+ABOUT = (f"The demo: SBKA's whole pipeline on generated shapes, trained from random weights ({DEMO_MODEL}, no "
+         "download) on this CPU in minutes. It shows the code runs and learns features that carry over to unseen "
+         "classes; its numbers are not Sketchy's.")
+DEMO_MARKER = ".demo-run"      # a folder holding it is the demo's: the next demo may replace it
 DEMO_PQ_K = ("2", "3", "4", "5", "6")
 # From random weights the released 2e-5 init of the seen-class classifier starves the backbone of gradient
 # for a few hundred steps; the demo uses timm's usual head init so that learning shows within minutes.
@@ -40,7 +43,8 @@ DEMO_CLASSIFIER_STD = 0.02
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m engine.demo", description=__doc__.splitlines()[0])
     p.add_argument("--data_root", default="datasets/Demo", help="where the demo dataset is generated")
-    p.add_argument("--savedir", default="checkpoint/demo", help="run directory (replaced on every demo)")
+    p.add_argument("--savedir", default="checkpoint/demo", help="run directory (replaced on every demo; the untrained baseline is "
+                                                               "scored beside it, in <savedir>_untrained)")
     p.add_argument("--img_size", type=int, default=64, help="input size")
     p.add_argument("--epochs", type=int, default=7, help="training epochs (warm-up included)")
     p.add_argument("--warmup_epochs", type=int, default=4, help="epochs 0..N-1 train the student only")
@@ -69,6 +73,12 @@ def _unseen_map(resume_dir: Path) -> float:
     return float(results["one_to_one"]["per_class"]["mAP@all"])
 
 
+def baseline_dir_of(savedir: Path) -> Path:
+    """Where the untrained baseline is scored: beside the demo run (``checkpoint/demo_untrained``), not inside it,
+    so that no folder of the demo looks like a second run of it."""
+    return savedir.with_name(f"{savedir.name}_untrained")
+
+
 def untrained_baseline(args: argparse.Namespace, split_dir: Path, out: Path) -> float:
     """Unseen-class mAP@all (one-to-one, per class) of the network the training starts from."""
     n_seen = len(read_class_file(split_dir / "cname_cid.txt"))
@@ -76,7 +86,7 @@ def untrained_baseline(args: argparse.Namespace, split_dir: Path, out: Path) -> 
     atomic_save({"config": {"setting": SETTING, "model": DEMO_MODEL, "n_seen": n_seen, "img_size": args.img_size},
                  "state_dict": student.state_dict(), "epoch": 0, "best_acc1": 0.0}, out / "model_best.pth.tar")
     evaluate.main(["--data_root", args.data_root, "--resume_dir", str(out), "--mode", "1", "--no_figures",
-                   "--workers", str(args.workers), "--label", f"{DEMO_LABEL}, untrained network"], SETTING)
+                   "--workers", str(args.workers), "--label", BASELINE_LABEL, "--kind", "baseline"], SETTING)
     return _unseen_map(out)
 
 
@@ -84,13 +94,17 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     """Run the demo; returns the unseen-class mAP@all before and after training."""
     args = parse(list(sys.argv[1:] if argv is None else argv))
     start = time.perf_counter()
+    print(ABOUT, flush=True)
     data_root, savedir = Path(args.data_root), Path(args.savedir)
-    if savedir.exists():
-        if not (savedir / ".demo-run").exists() and any(savedir.iterdir()):
-            raise UserError(f"{savedir} exists and is not a demo run directory; pass another --savedir")
-        shutil.rmtree(savedir)
-    savedir.mkdir(parents=True)
-    (savedir / ".demo-run").write_text("written by `make demo`; replaced by the next demo\n")
+    baseline_dir = baseline_dir_of(savedir)
+    for folder in (savedir, baseline_dir):      # both refused before either is replaced
+        if folder.exists() and not (folder / DEMO_MARKER).exists() and any(folder.iterdir()):
+            raise UserError(f"{folder} exists and is not a demo run directory; pass another --savedir")
+    for folder in (savedir, baseline_dir):
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        (folder / DEMO_MARKER).write_text("written by `make demo`; replaced by the next demo\n")
     force = (data_root / "Sketchy" / MARKER_FILE).exists()
     print(f"[1/4] generating the demo dataset in {data_root}", flush=True)
     split_dir = generate_demo_dataset(data_root, seed=args.seed, sketches_per_class=args.sketches_per_class,
@@ -98,13 +112,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
                                       zero_per_class=args.zero_per_class, workers=max(1, args.workers)) / "zeroshot1"
 
     print("[2/4] scoring the untrained network on the unseen classes (the baseline)", flush=True)
-    baseline = untrained_baseline(args, split_dir, savedir / "untrained")
+    baseline = untrained_baseline(args, split_dir, baseline_dir)
 
     print(f"[3/4] training SBKA from random weights: {DEMO_MODEL}, {args.img_size}px, batch {args.batch_size}, "
           f"lr {args.lr:g}, {args.epochs} epochs ({args.warmup_epochs} warm-up), augmentation {args.augment}", flush=True)
     common = ["--data_root", str(data_root), "--seed", str(args.seed),
               "--workers", str(args.workers)] + (["--no_figures"] if args.no_figures else [])
-    train.main("sketchy", ["--savedir", str(savedir), "--pretrained", "none", "--model", DEMO_MODEL,
+    train.main("sketchy", demo=True, argv=["--savedir", str(savedir), "--pretrained", "none", "--model", DEMO_MODEL,
                            "--img_size", str(args.img_size), "--epochs", str(args.epochs),
                            "--warmup_epochs", str(args.warmup_epochs), "--batch_size", str(args.batch_size),
                            "--lr", str(args.lr), "--lr_decay", str(args.lr_decay), "--augment", args.augment,
@@ -114,7 +128,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     print(f"[4/4] testing (mode {args.mode}{': one-to-one and one-to-many cluster matching' if args.mode == 2 else ''})",
           flush=True)
     evaluate.main(["--resume_dir", str(savedir), "--mode", str(args.mode), "--pq_m", "2", "4", "--pq_k", *DEMO_PQ_K,
-                   "--extract", "--label", DEMO_LABEL, *common], SETTING)
+                   "--extract", "--label", DEMO_LABEL, "--kind", "demo", *common], SETTING)
 
     trained = _unseen_map(savedir)
     minutes = (time.perf_counter() - start) / 60

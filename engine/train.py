@@ -32,8 +32,8 @@ from engine.runs import (BEST, CHECKPOINT, FIGURE, LOG, MACHINE_FLAGS, MOVABLE_F
                          smoke_preset)
 from engine.training_curves import plot_training_curves
 from losses import LOSS_TERM_LABELS, PRIOR_WEIGHT, SEMANTIC_BIAS, SBKAObjective
-from models import SBKAStudent, SBKATeacher, build_student, build_teacher
-from models.sbka import CLASSIFIER_INIT_STD, DEFAULT_MODEL, warn_random_weights
+from models import SBKAStudent, SBKATeacher, build_student, build_teacher, check_model_name
+from models.sbka import CLASSIFIER_INIT_STD, DEFAULT_MODEL, warn_random_weights, weights_source
 from utils.checkpoint import atomic_save, atomic_write, load_checkpoint
 from utils.cli import ArgumentParser, explicit_flags
 from utils.distributed import (DistInfo, GlobalBatchSampler, SharedFailure, all_reduce_sum, average_gradients,
@@ -79,9 +79,19 @@ def build_parser(setting: Setting, dataset: str) -> ArgumentParser:
                    help=setting.data_root_help + (" (no default: required, except that --resume takes the run's)"
                                                   if setting.custom else ""))
     p.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
-                   help="official ConvNeXt-V2 checkpoint, or 'none' for random weights (smoke runs only)")
+                   help="weights of student and teacher: a file (the official ConvNeXt-V2 checkpoint, or a timm-format "
+                        "state dict, loaded strictly), 'timm' (timm's own pretrained weights of --model, from its "
+                        "cache or the Hugging Face Hub), or 'none' for random weights (smoke runs only)")
+    p.add_argument("--teacher_pretrained", default=None,
+                   help="the teacher's weights when they differ from --pretrained (a file, 'timm' or 'none'; "
+                        "default: --pretrained)")
     p.add_argument("--savedir", default=setting.checkpoint_dir, help="run directory (checkpoints, log)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="timm model name")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="the student: any timm ImageNet-1k classifier (e.g. convnextv2_tiny, convnext_tiny, "
+                        "vit_small_patch16_224; a tag such as convnextv2_tiny.fcmae_ft_in1k picks --pretrained timm's "
+                        "weights)")
+    p.add_argument("--teacher_model", default=None,
+                   help="the teacher, a timm classifier of the 1000 ImageNet classes (default: --model)")
     p.add_argument("--img_size", type=int, default=224, help="input size")
     p.add_argument("--epochs", type=int, default=setting.epochs, help="training epochs, warm-up included")
     p.add_argument("--warmup_epochs", type=int, default=setting.warmup_epochs,
@@ -153,6 +163,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--warmup_epochs must be 0 or more, got {args.warmup_epochs}")
     if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers must be 0 or more, got {args.workers}")
+    check_model_name(args.model, "--model")
+    if args.teacher_model is not None:
+        check_model_name(args.teacher_model, "--teacher_model")
     for flag in ("max_steps_per_epoch", "max_val_images"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
@@ -380,17 +393,19 @@ def step_losses(student: torch.nn.Module, teacher: SBKATeacher, objective: SBKAO
 
 
 def initial_student(model: str, n_seen: int, pretrained: Optional[str], classifier_std: float,
-                    seed: int) -> SBKAStudent:
+                    seed: int, img_size: int = 224) -> SBKAStudent:
     """The student a run starts from: its new classifier (and a random backbone) depend on ``seed`` only."""
     torch.manual_seed(seed)
-    return build_student(model, n_seen, pretrained, classifier_std)
+    return build_student(model, n_seen, pretrained, classifier_std, img_size)
 
 
 class Trainer:
     """Holds models, optimisers and loaders of one run; ``fit`` runs the epochs."""
 
-    def __init__(self, args: argparse.Namespace, setting: Setting, info: DistInfo, device: torch.device):
+    def __init__(self, args: argparse.Namespace, setting: Setting, info: DistInfo, device: torch.device,
+                 demo: bool = False):
         self.args, self.setting, self.info, self.device = args, setting, info, device
+        self.demo = demo        # the demo said what it is once: no warnings about its random weights or CPU time
         self.savedir = Path(args.savedir)
         self.is_main = info.is_main
         with SharedFailure(info):    # a missing file or a bad list on one machine stops every process
@@ -443,12 +458,13 @@ class Trainer:
             self.val_loader = DataLoader(shard, batch_size=max(1, n_ph // info.world_size),
                                          num_workers=workers, pin_memory=pin)
 
-        pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
-        if pretrained is None:
+        teacher_pretrained = self.teacher_pretrained
+        if "none" in (str(args.pretrained).lower(), str(teacher_pretrained).lower()) and not self.demo:
             warn_random_weights()
-        student = initial_student(args.model, self.data.n_seen, pretrained, args.classifier_init_std, args.seed)
+        student = initial_student(args.model, self.data.n_seen, args.pretrained, args.classifier_init_std, args.seed,
+                                  args.img_size)
         torch.manual_seed(args.seed + 1)
-        self.teacher = build_teacher(args.model, pretrained)
+        self.teacher = build_teacher(self.teacher_model, teacher_pretrained, args.img_size)
         self.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         student.to(device, memory_format=self.memory_format)
         self.teacher.to(device, memory_format=self.memory_format)
@@ -456,8 +472,17 @@ class Trainer:
         return student
 
     # -- checkpointing
+    @property
+    def teacher_model(self) -> str:
+        return self.args.teacher_model or self.args.model
+
+    @property
+    def teacher_pretrained(self) -> str:
+        return self.args.pretrained if self.args.teacher_pretrained is None else self.args.teacher_pretrained
+
     def config(self) -> dict[str, Any]:
-        return {"setting": self.setting.name, "model": self.args.model, "n_seen": self.data.n_seen,
+        return {"setting": self.setting.name, "model": self.args.model, "teacher_model": self.teacher_model,
+                "n_seen": self.data.n_seen,
                 "img_size": self.args.img_size, "feature_dim": self.student_module.feature_dim}
 
     def provenance(self, next_epoch: int, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -674,13 +699,15 @@ class Trainer:
         print(f"SBKA training on {self.setting.name}: {len(d.sketches)} sketches, {len(d.photos)} photos, "
               f"{d.n_seen} seen classes; {batch_message(self.setting, a.batch_size)}, over "
               f"{self.info.world_size} process(es); {self.steps_per_epoch()} steps/epoch")
-        print(f"model {a.model} ({'random weights' if str(a.pretrained).lower() == 'none' else a.pretrained}), "
+        print(f"student {a.model} ({weights_source(a.model, a.pretrained)}), teacher {self.teacher_model} "
+              f"({weights_source(self.teacher_model, self.teacher_pretrained)}), {self.student_module.feature_dim}-d "
+              f"features, "
               f"{a.epochs} epochs, warm-up epochs 0..{a.warmup_epochs - 1}, lr {a.lr:g} (teacher {self.teacher_lr:g}), "
               f"device {self.device}{', bf16 autocast' if self.use_amp else ''}"
               f"{', channels_last' if a.channels_last else ''}; validation: {d.val_source}"
               f"{f', {self.n_val} of them used (--max_val_images)' if d.val is not None and self.n_val < len(d.val) else ''}"
               f"; run dir {self.savedir}")
-        if self.device.type == "cpu":
+        if self.device.type == "cpu" and not self.demo:
             estimate = cpu_estimate(a.model, a.img_size, a.batch_size, self.steps_per_epoch(),
                                     a.epochs - self.start_epoch, self.n_val, torch.get_num_threads())
             print(estimate, file=sys.stderr if estimate.startswith("warning") else sys.stdout, flush=True)
@@ -739,8 +766,9 @@ def interrupted_message(dataset: str, args: argparse.Namespace, explicit: dict[s
         dataset, args, explicit, info)
 
 
-def main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
-    """Entry point of ``train_<dataset>.py``."""
+def main(dataset: str, argv: Optional[Sequence[str]] = None, *, demo: bool = False) -> None:
+    """Entry point of ``train_<dataset>.py``. ``demo``: `make demo`'s run, which said at its start what it is
+    (random weights, a CPU, minutes): no random-weights warning, no CPU estimate."""
     argv = list(sys.argv[1:] if argv is None else argv)
     setting, args, explicit = parse_run_args(dataset, argv)
     info, device = init_distributed(args.device)
@@ -748,7 +776,7 @@ def main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
     try:
         if not info.is_main:
             warnings.filterwarnings("ignore")
-        trainer = Trainer(args, setting, info, device)
+        trainer = Trainer(args, setting, info, device, demo=demo)
         trainer.fit()
     except KeyboardInterrupt:
         raise KeyboardInterrupt(interrupted_message(dataset, args, explicit, trainer, info)) from None

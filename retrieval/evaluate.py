@@ -27,7 +27,7 @@ from data.registry import SETTINGS, Setting, SettingPaths, get_setting, resolve_
 from retrieval.cluster_matching import COVARIANCE_TYPES, DEFAULT_ALPHA, DEFAULT_SEED, QUANTIZERS, check_pq_shape
 from retrieval.feature_io import FEATURES_FILE, FeatureSet, load_features, save_features
 from retrieval.figures import EXAMPLE_ROWS, write_examples_figure, write_pr_figure
-from retrieval.report import PAPER_MARKED, ReportContext, console_report, write_results
+from retrieval.report import PAPER_MARKED, RESULT_KINDS, ReportContext, console_report, write_results
 from retrieval.run_folder import (CHECKPOINT_FILE, UNKNOWN, ZERO_ROLES, CheckpointInfo, check_best_is_current,
                                   check_checkpoint_setting, check_folder_sidecars, check_unlabelled_origin,
                                   previous_results, read_checkpoint, refuse_foreign, same_features, short,
@@ -97,6 +97,9 @@ def build_parser(setting: Setting) -> argparse.ArgumentParser:
     p.add_argument("--label", default=None,
                    help=_default_said("name shown in the reports and figure titles (default: the setting, "
                                       f"{setting.name})"))
+    p.add_argument("--kind", choices=RESULT_KINDS, default="run",
+                   help="what results.json scores: a real run (counted by python -m retrieval.tables), or `make "
+                        "demo`'s run / its untrained baseline (left out of the tables)")
     p.add_argument("--no_figures", action="store_true",
                    help="do not write pr_curve.png/.pdf and retrieval_examples.png/.pdf")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -414,7 +417,7 @@ def main(argv: Optional[Sequence[str]], setting_name: str) -> None:
         ctx.notes.append(f"{no_positives} queries belong to classes with no gallery item: their AP is undefined "
                          "and left out of every mAP mean (their precision counts as 0, as in the released code)")
     results: dict[str, Any] = {
-        "setting": setting.name, "label": ctx.title, "n_queries": int(len(features.query)),
+        "setting": setting.name, "kind": args.kind, "label": ctx.title, "n_queries": int(len(features.query)),
         "n_gallery": int(len(features.gallery)), "feature_dim": features.dim, "one_to_one": one_to_one.averaged(),
         "one_to_many": None,
         "provenance": {"features": feature_record, "features_sha256": file_sha256(resume_dir / FEATURES_FILE),

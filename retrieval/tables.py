@@ -3,8 +3,10 @@
 Columns: the metric pair the paper reports per setting (``Setting.paper_metrics``). Rows of this
 reproduction: one-to-one; one-to-many as the released scripts print it (the best of the test-set sweep);
 one-to-many with M, K chosen on seen classes. Several runs of a setting give mean ± sample standard
-deviation (ddof = 1) and their number; a value no run has is "—", never a zero. ``--with_published`` adds
-the rows of ``published_results.csv`` (other methods, as printed in their papers, with their source).
+deviation (ddof = 1) and their number; a value no run has is "—", never a zero. ``make demo``'s results (kind
+"demo" / "baseline" in results.json) and custom datasets' are never counted: one line names them.
+``--with_published`` adds the rows of ``published_results.csv`` (other methods, as printed in their papers, with
+their source).
 Writes ``table.md``, ``table.tex`` (booktabs) and ``table.csv``; prints the Markdown.
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from data.registry import SETTINGS
+from retrieval.report import results_kind
 from utils.checkpoint import atomic_write
 from utils.errors import UserError, run_cli
 from utils.cli import ArgumentParser
@@ -64,9 +67,12 @@ class Row:
 
 
 # ----------------------------------------------------------------------------------------------- reading
+LEFT_OUT_KINDS = {"demo": "the demo", "baseline": "the demo's untrained baseline"}
+
+
 def find_runs(runs_dir: Path, left_out: Optional[list] = None) -> list[Run]:
-    """The results files under ``runs_dir``; those of a setting that is no column of the paper's table (a
-    custom dataset) are named in ``left_out`` instead."""
+    """The results files of trained runs under ``runs_dir``; those of a setting that is no column of the paper's
+    table (a custom dataset) and `make demo`'s (kind "demo" / "baseline") are named in ``left_out`` instead."""
     if not runs_dir.is_dir():
         raise UserError(f"--runs {runs_dir} is not a folder (it should hold the test scripts' run folders)")
     runs = []
@@ -80,6 +86,11 @@ def find_runs(runs_dir: Path, left_out: Optional[list] = None) -> list[Run]:
         if data["setting"] in SETTINGS and SETTINGS[data["setting"]].custom:
             if left_out is not None:
                 left_out.append(f"{f} ({data['setting']}: a dataset of your own, no column of the paper's table)")
+            continue
+        kind = results_kind(data)
+        if kind != "run":           # `make demo`'s: generated shapes, not a run of the setting it borrows
+            if left_out is not None:
+                left_out.append(f"{f} ({LEFT_OUT_KINDS[kind]}, not a trained run)")
             continue
         if data["setting"] not in SETTING_LABELS:
             raise UserError(f"{f}: unknown setting {data['setting']!r}; known: {', '.join(SETTING_LABELS)}")

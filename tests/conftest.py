@@ -8,6 +8,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+import utils  # noqa: E402, F401 - sets OpenMP up before torch loads, as every entry point does (utils/runtime.py)
 import torch  # noqa: E402
 
 torch.set_num_threads(2)

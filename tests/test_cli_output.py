@@ -5,6 +5,8 @@ import io
 import os
 import runpy
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,8 @@ from utils.checkpoint import atomic_write
 from utils.cli import ArgumentParser, explicit_flags
 from utils.progress import LineProgress, progress
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def _parsers():
     for dataset in ("sketchy", "tuberlin", "quickdraw", "custom"):
@@ -32,10 +36,7 @@ def _parsers():
     yield "data.check", data_check.build_parser()
     yield "data.from_folders", data_from_folders.build_parser()
     yield "retrieval.tables", tables.build_parser()
-    environ = dict(os.environ)                  # the app's module sets OMP_WAIT_POLICY for its own process
-    yield "search_app.py", runpy.run_path(str(Path(__file__).resolve().parent.parent / "search_app.py"))["build_parser"]()
-    os.environ.clear()
-    os.environ.update(environ)
+    yield "search_app.py", runpy.run_path(str(ROOT / "search_app.py"))["build_parser"]()
 
 
 PARSERS = dict(_parsers())
@@ -105,3 +106,43 @@ def test_written_files_get_the_umasks_permissions(tmp_path, umask, mode):
         os.umask(old)
     for name in ("out.bin", "again.bin"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode
+
+
+ENTRY_POINTS = [[script] for script in sorted({s for setting in SETTINGS.values()
+                                               for s in (setting.train_script, setting.test_script)})] + \
+    [["search_app.py", "--resume_dir", "run"]] + \
+    [["-m", module] for module in ("engine.demo", "data.check", "data.demo", "retrieval.tables")]
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS, ids=lambda e: e[-1] if e[0] == "-m" else e[0])
+def test_a_missing_dependency_is_one_sentence(entry, tmp_path):
+    """Run outside the environment (``python -S``: no site-packages, so no torch, numpy, ...), every entry point
+    says in one line what is missing and how to run it in the environment, without a traceback."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SBKA_DEBUG")}
+    proc = subprocess.run([sys.executable, "-S", *entry], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: this Python") and "cannot import" in lines[0], lines[0]
+    assert ".venv/bin/activate" in lines[0] and "requirements.txt" in lines[0], lines[0]
+
+
+def test_a_typo_flag_is_one_error_line():
+    """Not argparse's usage dump: the one ``error:`` line of every user error, with the near flag and --help."""
+    proc = subprocess.run([sys.executable, "-m", "retrieval.tables", "--runs", "x", "--digts", "2"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == ["error: unrecognized arguments: --digts 2 (did you mean --digits instead of "
+                                        "--digts?) (`python -m retrieval.tables --help` lists the flags)"]
+
+
+@pytest.mark.parametrize("given, expected", [({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"),
+                                             ({"GOMP_SPINCOUNT": "300000"}, None)])
+def test_idle_openmp_threads_sleep_unless_the_user_chose(given, expected):
+    """Importing any package of the project (here the dataset check's, the first import of its entry point) sets
+    OMP_WAIT_POLICY=PASSIVE before torch can load, and leaves a user's choice alone."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = "import os, sys, data.check; print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, **given}, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.split() == [str(expected), "False"], proc.stderr

@@ -41,8 +41,12 @@ def test_good_tree_has_no_error_and_names_the_naming(tree, tmp_path, capsys):
     root, _ = tree
     assert check.main(["--data_root", str(root), "--runs", str(tmp_path / "r"), "--pretrained", "none",
                        "--workers", "0"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "| sketchy/zeroshot1 | ok |" in out and "naming sketch_tx_000000000000_ready_filelist_train.txt" in out
+    details = out[out.index("\nsketchy/zeroshot1 lists: "):]    # the full messages, below the table: never cut
+    assert "…" not in details and "all_photo_filelist_zero.txt" in details
+    assert "decode images: 100%" in captured.err and "\r" not in captured.err      # off a terminal: plain lines
     rows, _ = run(root, tmp_path)
     assert {c.status for c in rows["sketchy/zeroshot1"].values()} <= {"ok", "warning", "skipped"}
     # the tiny tree is far from the public sizes: a warning naming both numbers, never an error
@@ -88,7 +92,7 @@ def test_at_most_twenty_problems_are_listed_then_a_count(tree, tmp_path):
     f.write_text(f.read_text() + "".join(f"nowhere/{i}.png 0\n" for i in range(25)))
     rows, _ = run(root, tmp_path)
     msgs = cell(rows, "images").messages
-    assert len(msgs) == check.MAX_LISTED + 1 and msgs[-1].startswith("… and 5 more images")
+    assert len(msgs) == check.MAX_LISTED + 1 and msgs[-1].startswith("and 5 more images")
 
 
 def test_out_of_range_label_is_an_error_with_file_and_line(tree, tmp_path):

@@ -24,12 +24,22 @@ SMALL = ["--img_size", "64", "--batch_size", "15", "--epochs", "7", "--warmup_ep
 def test_demo_training_clearly_beats_the_untrained_network(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     savedir = tmp_path / "run"
     result = demo.main(["--data_root", str(tmp_path / "data"), "--savedir", str(savedir), *SMALL])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
 
     assert result["trained"] >= result["untrained"] + MARGIN, result
+    # it says once what it is, and none of the warnings meant for real runs (CPU estimate, random weights)
+    assert out.count(demo.ABOUT) == 1
+    assert "long or large run" not in captured.err + out and "smoke run" not in captured.err + out
     # the numbers it returns are the ones the test engine wrote and the demo printed
     results = json.loads((savedir / "results.json").read_text())
     assert results["one_to_one"]["per_class"]["mAP@all"] == pytest.approx(result["trained"])
+    assert results["kind"] == "demo"
+    # the baseline is scored beside the demo run, not inside it as a second run
+    baseline = json.loads((tmp_path / "run_untrained" / "results.json").read_text())
+    assert baseline["kind"] == "baseline"
+    assert baseline["one_to_one"]["per_class"]["mAP@all"] == pytest.approx(result["untrained"])
+    assert [p.parent for p in savedir.rglob("results.json")] == [savedir]
     assert f"untrained {result['untrained']:.4f} -> trained {result['trained']:.4f}" in out
     for name in ("model_best.pth.tar", "checkpoint.pth.tar", "log.jsonl", "results.md", "features_zero.pickle"):
         assert (savedir / name).is_file(), name
@@ -46,3 +56,16 @@ def test_demo_refuses_a_run_directory_it_did_not_make(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not a demo run directory"):
         demo.main(["--data_root", str(tmp_path / "data"), "--savedir", str(precious)])
     assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_demo_refuses_a_baseline_folder_it_did_not_make(tmp_path: Path) -> None:
+    """The untrained baseline goes beside the run (<savedir>_untrained): a folder there that is not the demo's is
+    refused before either folder is touched."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / demo.DEMO_MARKER).write_text("")
+    precious = tmp_path / "run_untrained"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="run_untrained exists and is not a demo run directory"):
+        demo.main(["--data_root", str(tmp_path / "data"), "--savedir", str(tmp_path / "run")])
+    assert (precious / "notes.txt").read_text() == "keep me" and (tmp_path / "run" / demo.DEMO_MARKER).exists()

@@ -115,7 +115,8 @@ def test_png_modes_decode_as_opencv_does(tmp_path, make):
 
 @pytest.mark.parametrize("make", PNG_CASES + [_oriented_jpeg], ids=lambda f: f.__name__.strip("_"))
 def test_same_pixels_as_opencv_when_installed(tmp_path, make):
-    cv2 = pytest.importorskip("cv2")
+    cv2 = pytest.importorskip("cv2", reason="OpenCV is not installed (make test-deps, or pip install -r "
+                                            "requirements-test.txt)")
     path, _ = make(tmp_path)
     theirs = cv2.imread(str(path), cv2.IMREAD_COLOR)[:, :, ::-1].astype(int)
     ours = np.asarray(read_rgb(path)).astype(int)

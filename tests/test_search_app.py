@@ -114,6 +114,9 @@ def test_info_describes_the_run(run):
     assert info["one_to_many"] is None and "results.json" in info["one_to_many_reason"]
     page = client.get("/")
     assert page.status_code == 200 and '<canvas id="pad"' in page.text
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    assert icon.content == client.get("/static/favicon.svg").content and 'href="/static/favicon.svg"' in page.text
 
 
 def test_precision_at_k_for_a_named_class(run):
@@ -153,6 +156,7 @@ def test_photo_and_thumbnail_of_a_gallery_item(run):
     ("ok", "?k=201", 400, "k must be between 1 and 200"),
     ("ok", "?k=ten", 400, "integer"),
     ("ok", "?one_to_many=1", 400, "not offered"),
+    ("ok", "?one_to_many=maybe", 400, "one_to_many must be 1 or 0"),
     ("ok", "?class=zebra", 400, "unknown class"),
 ])
 def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_serving(run, query, params, status, words):

@@ -34,7 +34,7 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="Selenium is not in
 
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 from data.demo import generate_demo_dataset  # noqa: E402
 from tests.helpers_retrieval import make_checkpoint  # noqa: E402
@@ -203,8 +203,14 @@ def test_draw_a_star_and_search(server, browser, tmp_path):
     # undo removes the last stroke, clear empties the pad
     browser.find_element(By.ID, "undo").click()
     assert browser.execute_script("return window.sketchSearch.strokes.length") == 4
+    Select(browser.find_element(By.ID, "class")).select_by_index(1)       # "I drew" belongs to this sketch
     browser.find_element(By.ID, "clear").click()
     assert browser.execute_script("return window.sketchSearch.strokes.length") == 0
+    assert browser.find_element(By.ID, "class").get_attribute("value") == ""
+    # the page says which classes the gallery holds (a drawing of another class gets the nearest of these)
+    holds = browser.find_element(By.ID, "gallery-classes").text
+    assert "only the 4 unseen classes" in holds, holds
+    assert browser.execute_script("return document.querySelector('link[rel=icon]').href").endswith("favicon.svg")
 
 
 def test_upload_a_sketch_file(server, browser, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from data.registry import get_setting
 from retrieval import tables
 from retrieval.metrics import METRIC_KEYS
-from retrieval.report import ReportContext, write_results
+from retrieval.report import BASELINE_LABEL, DEMO_LABEL, ReportContext, write_results
 from utils.errors import UserError
 
 # The published rows exactly as issue 10 lists them ("—" = not reported).
@@ -187,3 +187,34 @@ def test_a_user_added_published_row_appears(runs, tmp_path):
     tables.main(["--runs", str(base), "--with_published", "--published", str(pub), "--out", str(tmp_path / "o")])
     cells = md_cells((tmp_path / "o" / "table.md").read_text(), "My method (2025)")
     assert cells[1] == "0.9" and cells[2] == "—" and cells[-1] == "my paper Table 2"
+
+
+@pytest.mark.parametrize("labelled_only", [False, True], ids=["kind field", "labels of older results"])
+def test_the_demo_and_its_baseline_are_left_out(tmp_path, capsys, labelled_only):
+    """Issue 19's case: after `make demo` no table row holds a number of the demo or of its untrained baseline
+    (older files, without "kind", are told apart by the demo's labels), and one line names them."""
+    base = tmp_path / "checkpoint"
+    demo = write_run(base / "demo", "sketchy/zeroshot1", 5)
+    older = write_run(base / "demo" / "untrained", "sketchy/zeroshot1", 6)      # where older demos put it
+    baseline = write_run(base / "demo_untrained", "sketchy/zeroshot1", 7)
+    for folder, results, kind, label in ((base / "demo", demo, "demo", DEMO_LABEL),
+                                         (base / "demo" / "untrained", older, "baseline", BASELINE_LABEL),
+                                         (base / "demo_untrained", baseline, "baseline", BASELINE_LABEL)):
+        results = {**results, "label": label, **({} if labelled_only else {"kind": kind})}
+        write_results(folder, results, ReportContext(paper_metrics=("mAP@all", "P@100"), features_source="test"))
+    named = (f"{base / 'demo' / 'results.json'} (the demo, not a trained run); "
+             f"{base / 'demo' / 'untrained' / 'results.json'} (the demo's untrained baseline, not a trained run); "
+             f"{base / 'demo_untrained' / 'results.json'} (the demo's untrained baseline, not a trained run)")
+    with pytest.raises(UserError) as refused:            # only the demo's: nothing to tabulate, and it says why
+        tables.main(["--runs", str(base), "--with_published"])
+    assert str(refused.value) == f"no results of the paper's settings under {base}, only {named}"
+    assert not (base / "table.md").exists()
+
+    real = write_run(base / "sketchy" / "zeroshot1", "sketchy/zeroshot1", 8)     # a trained run is the only one counted
+    tables.main(["--runs", str(base), "--with_published"])
+    out = capsys.readouterr().out
+    md = (base / "table.md").read_text()
+    for metric in ("mAP@all", "P@100"):
+        assert md_cells(md, tables.ROW_ONE_TO_ONE)[column("sketchy/zeroshot1", metric)] == \
+            fmt([real["one_to_one"]["per_class"][metric]])
+    assert [ln for ln in out.splitlines() if ln.startswith("left out")] == [f"left out: {named}"]

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import copy
 import difflib
-from typing import Any, Optional, Sequence
+from typing import Any, NoReturn, Optional, Sequence
+
+from utils.errors import EXIT_USER_ERROR
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -34,6 +36,11 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        """A bad flag is one ``error:`` line, as every user error of the project (not argparse's usage dump)."""
+        command = f"python {self.prog}" if self.prog.endswith(".py") else self.prog
+        self.exit(EXIT_USER_ERROR, f"error: {message} (`{command} --help` lists the flags)\n")
 
     def option_strings(self) -> list[str]:
         return [s for a in self._actions for s in a.option_strings if s.startswith("--")]

@@ -7,6 +7,8 @@ import traceback
 import warnings
 from typing import Callable, Sequence
 
+from utils.runtime import missing_dependency
+
 
 class UserError(Exception):
     """A problem with the user's input (file, line, flag); printed as one sentence."""
@@ -50,6 +52,10 @@ def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] 
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
         if debug:
             traceback.print_exc()
+        missing = missing_dependency(exc)
+        if missing and not debug:
+            print(f"error: {missing}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
         if is_user_error(exc):
             print(f"error: {_one_line(exc)}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)

@@ -94,6 +94,7 @@ function undo() {
 
 function clearAll() {
   state.strokes = [];
+  $("class").value = "";                 // "I drew" belonged to the cleared sketch
   state.upload = null;
   state.uploadImage = null;
   $("upload").value = "";
@@ -212,6 +213,7 @@ async function loadInfo() {
   const g = info.gallery;
   $("about").textContent = `${info.model} (${info.img_size} px) · ${info.setting || "no setting"} · ` +
     `${g.size} ${g.kind === "zero" ? "unseen-class test photos" : "photos"} · ${info.device}`;
+  $("gallery-classes").textContent = galleryClasses(g);
   $("pen").value = info.stroke_width;
   $("pen-value").textContent = info.stroke_width;
   $("k").max = info.max_k;
@@ -234,6 +236,17 @@ async function loadInfo() {
     $("otm-label").classList.add("off");
     $("otm-label").title = `not offered: ${info.one_to_many_reason}`;
   }
+}
+
+// What the gallery can answer: a drawing of a class it does not hold still gets the nearest photos it has.
+function galleryClasses(g) {
+  if (!g.labelled) return `The gallery: ${g.size} photos of ${g.source}, without class names.`;
+  const names = g.classes.join(", ");
+  if (g.kind === "zero") {
+    return `The gallery holds only the ${g.classes.length} unseen classes: ${names}. A drawing of any other ` +
+      "class (a seen one, say) returns the nearest photos of these.";
+  }
+  return `The gallery's ${g.classes.length} classes: ${names}. A drawing of another class returns the nearest of these.`;
 }
 
 async function loadOneToMany() {
