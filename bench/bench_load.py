@@ -8,8 +8,8 @@ warm-up. A loaded case first starts ``--load_procs`` processes that each spin on
 (the "other job" of a shared machine), and stops them after. Cases run in rounds, interleaved, and the median
 per case is reported, with the machine's load average (which includes whatever else runs there) before each.
 
-"unset" (``--policies``) is OpenMP's own default (GNU OpenMP: spin a while, then sleep); the project's entry points set PASSIVE
-(utils/runtime.py) unless the user set a value. ``--threads`` adds cases with that many torch threads.
+``--policies``: "unset" is OpenMP's own default (GNU OpenMP: spin a while, then sleep); the project's entry points
+set PASSIVE (utils/runtime.py) unless the user chose. ``--threads`` adds loaded cases with that many torch threads.
 """
 from __future__ import annotations
 

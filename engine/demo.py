@@ -1,7 +1,8 @@
 """``make demo``: the whole pipeline on the generated demo dataset, on a CPU, in minutes.
 
 1. generate ``datasets/Demo`` (Sketchy layout, 8 seen + 4 unseen shape classes);
-2. score the *untrained* network (same seed, same initial weights) on the unseen classes: the baseline;
+2. score the *untrained* network (same seed, same initial weights) on the unseen classes: the baseline, in
+   ``<savedir>_untrained`` beside the run;
 3. train with the real Sketchy engine (warm-up, then bidirectional) from random weights;
 4. test with the real Sketchy test engine in mode 2 and print the table;
 5. print the before/after unseen-class mAP@all and where the results and pictures are.
@@ -43,8 +44,9 @@ DEMO_CLASSIFIER_STD = 0.02
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m engine.demo", description=__doc__.splitlines()[0])
     p.add_argument("--data_root", default="datasets/Demo", help="where the demo dataset is generated")
-    p.add_argument("--savedir", default="checkpoint/demo", help="run directory (replaced on every demo; the untrained baseline is "
-                                                               "scored beside it, in <savedir>_untrained)")
+    p.add_argument("--savedir", default="checkpoint/demo",
+                   help="run directory (replaced on every demo; the untrained baseline is scored beside it, in "
+                        "<savedir>_untrained)")
     p.add_argument("--img_size", type=int, default=64, help="input size")
     p.add_argument("--epochs", type=int, default=7, help="training epochs (warm-up included)")
     p.add_argument("--warmup_epochs", type=int, default=4, help="epochs 0..N-1 train the student only")
@@ -118,7 +120,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
           f"lr {args.lr:g}, {args.epochs} epochs ({args.warmup_epochs} warm-up), augmentation {args.augment}", flush=True)
     common = ["--data_root", str(data_root), "--seed", str(args.seed),
               "--workers", str(args.workers)] + (["--no_figures"] if args.no_figures else [])
-    train.main("sketchy", demo=True, argv=["--savedir", str(savedir), "--pretrained", "none", "--model", DEMO_MODEL,
+    train.main("sketchy", demo=True, argv=[
+                           "--savedir", str(savedir), "--pretrained", "none", "--model", DEMO_MODEL,
                            "--img_size", str(args.img_size), "--epochs", str(args.epochs),
                            "--warmup_epochs", str(args.warmup_epochs), "--batch_size", str(args.batch_size),
                            "--lr", str(args.lr), "--lr_decay", str(args.lr_decay), "--augment", args.augment,
@@ -135,7 +138,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     print()
     print(f"unseen-class mAP@all (one-to-one, per class): untrained {baseline:.4f} -> trained {trained:.4f} "
           f"({trained - baseline:+.4f})")
-    print(f"demo finished in {minutes:.1f} min. Results: {savedir / 'results.json'}, {savedir / 'results.md'}")
+    print(f"demo finished in {minutes:.1f} min. Results: {savedir / 'results.json'}, {savedir / 'results.md'} "
+          f"(the untrained network's: {baseline_dir / 'results.json'})")
     if not args.no_figures:
         print(f"Pictures (each with a vector PDF beside it): {savedir / 'training_curves.png'}, "
               f"{savedir / 'retrieval_examples.png'}, {savedir / 'pr_curve.png'}")

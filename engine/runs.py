@@ -6,6 +6,7 @@ The training loop (engine/train.py) calls these; they decide nothing about the m
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shlex
@@ -14,18 +15,20 @@ from typing import Any
 
 from data.registry import Setting, train_script_of
 from models.sbka import DEFAULT_MODEL
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import atomic_write, load_checkpoint
 from utils.distributed import DistInfo
 from utils.errors import UserError
+from utils.provenance import project_version
 
 CHECKPOINT = "checkpoint.pth.tar"
 BEST = "model_best.pth.tar"
 LOG = "log.jsonl"
 FIGURE = "training_curves.png"
+ARGS_FILE = "args.json"   # the run's resolved flags, readable without Python (as timm's args.yaml)
 # What a run (and testing it) writes into its folder: an earlier run's files, replaced by --overwrite.
-RUN_FILES = (CHECKPOINT, BEST, LOG, FIGURE, "training_curves.pdf", "features_zero.pickle", "features_zero.json",
-             "results.json", "results.md", "pr_curve.png", "pr_curve.pdf", "retrieval_examples.png",
-             "retrieval_examples.pdf")
+RUN_FILES = (CHECKPOINT, BEST, LOG, FIGURE, "training_curves.pdf", ARGS_FILE, "features_zero.pickle",
+             "features_zero.json", "results.json", "results.md", "pr_curve.png", "pr_curve.pdf",
+             "retrieval_examples.png", "retrieval_examples.pdf")
 RUN_FILE_PATTERNS = ("features_seen_val_*.pickle", "features_seen_val_*.json")
 TRAINING_LIST_ROLES = ("sketch_train", "photo_train", "sketch_test")   # the lists a run reads (fingerprinted)
 # Flags a --resume takes from this command, never from the run: where and how it executes.
@@ -69,6 +72,23 @@ def batch_message(setting: Setting, batch_size: int) -> str:
     return f"batch {batch_size} -> {n_sk} sketches + {n_ph} photos{rest}: {batch_rule(setting)}"
 
 
+def cpu_cost(model: str, img_size: int, batch_size: int, steps: int, epochs: int, n_val: int,
+             threads: int) -> tuple[float, float, float]:
+    """(seconds, GB of memory, seconds per image) of a CPU run, roughly (see ``cpu_estimate``)."""
+    area = (img_size / 224) ** 2
+    flops = CPU_GFLOPS.get(model.split(".")[0], CPU_GFLOPS[DEFAULT_MODEL]) / CPU_GFLOPS[DEFAULT_MODEL]
+    per_image = (CPU_S_PER_IMAGE * flops * area + CPU_S_PER_IMAGE_FLOOR) / max(1, threads)
+    seconds = per_image * (steps * batch_size + n_val / 3) * epochs
+    memory_gb = CPU_BASE_GB * max(flops, 0.25) + CPU_GB_PER_IMAGE * flops * area * batch_size
+    return seconds, memory_gb, per_image
+
+
+def duration_text(seconds: float) -> str:
+    """``12 min``, ``2.5 h``, ``40 h``."""
+    hours = seconds / 3600
+    return f"{hours:.0f} h" if hours >= 10 else f"{hours:.1f} h" if hours >= 1 else f"{max(1, round(seconds / 60))} min"
+
+
 def cpu_estimate(model: str, img_size: int, batch_size: int, steps: int, epochs: int, n_val: int,
                  threads: int) -> str:
     """A rough time and memory estimate of a CPU run (a ``warning:`` line when it is long or large).
@@ -78,21 +98,15 @@ def cpu_estimate(model: str, img_size: int, batch_size: int, steps: int, epochs:
     a fixed floor, spread over the threads. Memory: the measured peak-RSS growth per image of the batch, scaled
     the same way, plus a fixed part. Constants and how they were measured: above ``CPU_GFLOPS``.
     """
-    area = (img_size / 224) ** 2
-    flops = CPU_GFLOPS.get(model.split(".")[0], CPU_GFLOPS[DEFAULT_MODEL]) / CPU_GFLOPS[DEFAULT_MODEL]
-    per_image = (CPU_S_PER_IMAGE * flops * area + CPU_S_PER_IMAGE_FLOOR) / max(1, threads)
-    seconds = per_image * (steps * batch_size + n_val / 3) * epochs
-    memory_gb = CPU_BASE_GB * max(flops, 0.25) + CPU_GB_PER_IMAGE * flops * area * batch_size
+    seconds, memory_gb, per_image = cpu_cost(model, img_size, batch_size, steps, epochs, n_val, threads)
     try:
         ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
     except (ValueError, OSError, AttributeError):
         ram_gb = float("inf")
-    hours = seconds / 3600
-    took = f"{hours:.0f} h" if hours >= 10 else f"{hours:.1f} h" if hours >= 1 else f"{max(1, round(seconds / 60))} min"
     text = (f"on CPU: {steps} steps x batch {batch_size} x {epochs} epoch(s) at ~{per_image:.2g} s/image on "
-            f"{threads} thread(s) -> about {took}, about {memory_gb:.1f} GB of memory (rough: per-image costs "
-            f"measured for {DEFAULT_MODEL} at 224 px, scaled by GFLOPs and input area)")
-    if hours > 0.5 or memory_gb > 0.8 * ram_gb:
+            f"{threads} thread(s) -> about {duration_text(seconds)}, about {memory_gb:.1f} GB of memory (rough: "
+            f"per-image costs measured for {DEFAULT_MODEL} at 224 px, scaled by GFLOPs and input area)")
+    if seconds / 3600 > 0.5 or memory_gb > 0.8 * ram_gb:
         ram = f"; this machine has {ram_gb:.0f} GB" if ram_gb != float("inf") else ""
         return (f"warning: this is a long or large run {text}{ram}; use a GPU, or try --smoke first "
                 f"(Ctrl-C stops it and prints how to resume)")
@@ -100,6 +114,18 @@ def cpu_estimate(model: str, img_size: int, batch_size: int, steps: int, epochs:
 
 
 # ----------------------------------------------------------------------------------------------- resume and run folders
+def stored_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags of a run as the checkpoint stores them (``args``) and ``args.json`` shows them."""
+    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
+
+
+def write_args_file(savedir: Path, setting: Setting, args: argparse.Namespace) -> None:
+    """``args.json``: the resolved flags, the setting and the project version, sorted, one per line."""
+    record = {"setting": setting.name, "version": project_version(), "args": stored_args(args)}
+    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+    atomic_write(savedir / ARGS_FILE, lambda fh: fh.write(text.encode("utf-8")))
+
+
 def _shown(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"

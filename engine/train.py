@@ -29,7 +29,7 @@ from data.registry import SETTINGS, Setting, SettingPaths, get_setting, resolve_
 from data.transforms import test_transform, to_model_input, train_transform
 from engine.runs import (BEST, CHECKPOINT, FIGURE, LOG, MACHINE_FLAGS, MOVABLE_FLAGS, TRAINING_LIST_ROLES,
                          batch_message, batch_rule, claim_savedir, cpu_estimate, restore_run_args, resume_command,
-                         smoke_preset)
+                         smoke_preset, stored_args, write_args_file)
 from engine.training_curves import plot_training_curves
 from losses import LOSS_TERM_LABELS, PRIOR_WEIGHT, SEMANTIC_BIAS, SBKAObjective
 from models import SBKAStudent, SBKATeacher, build_student, build_teacher, check_model_name
@@ -504,7 +504,7 @@ class Trainer:
             "optimizer_1": self.opt_teacher.state_dict(),
             "rng": rng_state(),
             "config": self.config(),
-            "args": {k: v for k, v in vars(self.args).items() if isinstance(v, (str, int, float, bool, type(None)))},
+            "args": stored_args(self.args),
             "provenance": self.provenance(next_epoch, state_dict),
         }
 
@@ -541,6 +541,7 @@ class Trainer:
         if self.is_main:
             print(f"resumed from {path}: continuing at epoch {self.start_epoch}")
             rewrite_log(self.savedir / LOG, self.start_epoch)
+            write_args_file(self.savedir, self.setting, self.args)
 
     def save(self, epoch: int, val_top1: Optional[float]) -> None:
         """Checkpoint after ``epoch``; copy it to model_best when top-1 beats every earlier epoch (warm-up
@@ -560,6 +561,8 @@ class Trainer:
         ckpt = self.savedir / CHECKPOINT
         atomic_save(self.state(epoch + 1), ckpt)
         self.remove_earlier_run()
+        if epoch == self.start_epoch and not self.args.resume:   # --overwrite keeps the earlier run's till now
+            write_args_file(self.savedir, self.setting, self.args)
         last = epoch == self.args.epochs - 1
         if improved or (bidirectional and self.data.val is None):
             copy_atomic(ckpt, self.savedir / BEST)

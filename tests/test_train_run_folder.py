@@ -9,7 +9,7 @@ import torch
 
 from data.registry import get_setting
 from engine import train
-from engine.runs import batch_message, cpu_estimate
+from engine.runs import ARGS_FILE, batch_message, cpu_estimate
 from engine.train import BEST, CHECKPOINT, LOG, Trainer, main, parse_run_args
 from tests.fixtures import make_tree
 from utils.checkpoint import load_checkpoint
@@ -77,7 +77,7 @@ def test_retraining_into_a_run_folder_is_refused_and_changes_nothing(tree, finis
     """Issue 12, failure 1: a new seed into the same folder used to start silently next to the old files."""
     before = {p.name: p.read_bytes() for p in finished.iterdir()}
     with pytest.raises(UserError, match=r"already holds another run's files \(checkpoint\.pth\.tar, "
-                                        r"model_best\.pth\.tar, log\.jsonl\).*--resume.*--overwrite"):
+                                        r"model_best\.pth\.tar, log\.jsonl, args\.json\).*--resume.*--overwrite"):
         main("sketchy", _argv(tree, finished, *TINY, *SHAPE, "--seed", "4"))
     assert {p.name: p.read_bytes() for p in finished.iterdir()} == before
 
@@ -98,7 +98,8 @@ def test_overwrite_deletes_nothing_before_the_new_runs_first_checkpoint(tree, fi
 
     main("sketchy", _argv(tree, run, *TINY, "--epochs", "1", "--warmup_epochs", "0", "--max_steps_per_epoch", "1",
                           "--seed", "4", "--overwrite"))
-    assert sorted(p.name for p in run.iterdir()) == sorted([CHECKPOINT, BEST, LOG])   # stale outputs are gone
+    assert sorted(p.name for p in run.iterdir()) == sorted([CHECKPOINT, BEST, LOG, ARGS_FILE])   # stale ones gone
+    assert json.loads((run / ARGS_FILE).read_text())["args"]["seed"] == 4          # the new run's flags
     ckpt = load_checkpoint(run / CHECKPOINT)
     assert ckpt["provenance"]["seed"] == 4 and ckpt["provenance"]["run_id"] != old_id
     assert load_checkpoint(run / BEST)["provenance"]["run_id"] == ckpt["provenance"]["run_id"]
@@ -128,6 +129,9 @@ def test_interrupted_run_resumes_with_its_own_flags_from_the_printed_command(tre
                                                                                         32, 5)
     log = [json.loads(line) for line in (run / LOG).read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1] and all(r["steps"] == 1 for r in log)
+    recorded = json.loads((run / ARGS_FILE).read_text())        # the resolved flags, restored ones included
+    assert (recorded["args"]["seed"], recorded["args"]["batch_size"], recorded["args"]["resume"]) == (5, 12, True)
+    assert recorded["setting"] == "sketchy/zeroshot1" and recorded["version"]
 
 
 def test_resume_refuses_every_differing_flag_and_accepts_operational_ones(tree, finished):

@@ -195,7 +195,7 @@ def test_torchrun_two_processes_write_one_checkpoint(tree, tmp_path):
          "--epochs", "2", "--warmup_epochs", "1", "--no_figures"],
         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert sorted(p.name for p in run.iterdir()) == [CHECKPOINT, LOG, "model_best.pth.tar"]
+    assert sorted(p.name for p in run.iterdir()) == ["args.json", CHECKPOINT, LOG, "model_best.pth.tar"]
     assert res.stdout.count("done:") == 1  # only rank 0 prints
     log = [json.loads(line) for line in (run / LOG).read_text().splitlines()]
     assert len(log) == 2
