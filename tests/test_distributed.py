@@ -238,3 +238,36 @@ def test_resume_command_names_the_launch_it_came_from():
     assert node == "torchrun --nproc_per_node=4 train_quickdraw_ext.py --resume --savedir checkpoint/q --device cuda"
     assert nodes.startswith("torchrun --nnodes=2 --nproc_per_node=4 --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT "
                             "train_quickdraw_ext.py --resume") and "on every machine" in nodes
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_teacher_on_photos_only_gives_the_same_losses_and_gradients(bidirectional):
+    """The trainer runs the teacher on a batch's photos only (the distillation terms use nothing else)."""
+    from losses import SBKAObjective
+    from models import build_teacher
+
+    setting, n_sk, n_ph, x, y, is_photo, cid_mask, _ = global_batch("sketchy/zeroshot1")
+    rows = torch.randperm(n_sk + n_ph, generator=torch.Generator().manual_seed(0))[:24]   # a shuffled batch
+    x, y, is_photo = x[rows], y[rows], is_photo[rows]
+    student = train.initial_student("convnextv2_atto", setting.n_seen, None, 0.02, seed=0)
+    torch.manual_seed(1)
+    teacher = build_teacher("convnextv2_atto", None).eval()
+    results = []
+    for photo_rows in (None, torch.nonzero(is_photo).squeeze(1)):
+        student.zero_grad(set_to_none=True)
+        teacher.zero_grad(set_to_none=True)
+        torch.manual_seed(2)                                     # the same prior noise
+        total, terms = train.step_losses(student, teacher, SBKAObjective(), x, y, is_photo, cid_mask,
+                                         bidirectional, nullcontext(), photo_rows=photo_rows)
+        total.backward()
+        grads = {f"{who}.{k}": p.grad.clone() for who, model in (("student", student), ("teacher", teacher))
+                 for k, p in model.named_parameters() if p.grad is not None}
+        results.append(({k: v.detach() for k, v in terms.items()}, grads))
+    (terms_all, grads_all), (terms_photos, grads_photos) = results
+    assert terms_all.keys() == terms_photos.keys() and grads_all.keys() == grads_photos.keys()
+    assert any(k.startswith("teacher.") for k in grads_all) == bidirectional
+    for k in terms_all:
+        torch.testing.assert_close(terms_photos[k], terms_all[k], rtol=1e-6, atol=1e-7)
+    for k in grads_all:
+        scale = grads_all[k].abs().max()
+        assert (grads_photos[k] - grads_all[k]).abs().max() <= 1e-5 * scale + 1e-12, k
