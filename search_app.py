@@ -83,9 +83,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         raise UserError("--batch_size must be at least 1 and --workers 0 or more")
     check_port(args.host, args.port)
     device = select_device(args.device)
-    import torch
+    from utils.precision import exact_float32
 
-    torch.set_float32_matmul_precision("highest")     # no TF32, as in evaluation: the same ranking on any card
+    exact_float32()     # no TF32, as in evaluation: the same ranking on any card
     searcher = load_searcher(Path(args.resume_dir), args.gallery, Path(args.data_root),
                              Path(args.checkpoint) if args.checkpoint else None, device,
                              args.batch_size, args.workers)

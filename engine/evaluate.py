@@ -37,6 +37,7 @@ from retrieval.search import QuantizerOptions, RetrievalProblem, SweepEntry
 from utils.distributed import select_device
 from utils.cli import ArgumentParser
 from utils.errors import UserError
+from utils.precision import exact_float32
 from utils.provenance import (file_sha256, list_fingerprint, project_version, read_sidecar, sidecar_path,
                               write_sidecar)
 from utils.run_files import (BEST_CHECKPOINT_FILE, EXAMPLES_FILE, FEATURES_FILE, PR_CURVE_FILE, RESULTS_FILE,
@@ -394,7 +395,7 @@ def main(argv: Optional[Sequence[str]], setting_name: str) -> None:
     args = build_parser(setting).parse_args(argv)
     check_args(args)
     device = select_device(args.device)
-    torch.set_float32_matmul_precision("highest")     # no TF32: rankings must not depend on the card
+    exact_float32()     # no TF32 in matmuls or convolutions: rankings must not depend on the card
     resume_dir = Path(args.resume_dir)
     ctx = ReportContext(paper_metrics=tuple(setting.paper_metrics), features_source="",
                         selection_metric=setting.paper_metrics[0], title=args.label or setting.name,

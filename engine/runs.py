@@ -16,6 +16,7 @@ from typing import Any, Optional
 from data.registry import Setting, train_script_of
 from models.sbka import DEFAULT_MODEL
 from utils.checkpoint import atomic_write, load_checkpoint
+from utils.distributed import DistInfo
 from utils.errors import UserError
 from utils.provenance import project_version
 from utils.run_files import ARGS_FILE, LAST_CHECKPOINT_FILE, RUN_FILE_PATTERNS, RUN_FILES
@@ -147,9 +148,16 @@ def restore_run_args(args: argparse.Namespace, explicit: dict[str, Any], parser:
                         f"start a new run in another --savedir")
 
 
-def resume_command(dataset: str, args: argparse.Namespace, explicit: dict[str, Any], world_size: int) -> str:
-    """The command that continues this run (the run's own flags come back from its checkpoint)."""
-    launcher = ["python"] if world_size == 1 else ["torchrun", f"--nproc_per_node={world_size}"]
+def resume_command(dataset: str, args: argparse.Namespace, explicit: dict[str, Any], info: DistInfo) -> str:
+    """The command that continues this run (the run's own flags come back from its checkpoint), launched as it
+    was: python, torchrun on one machine, or torchrun on every machine of a multi-node run."""
+    if info.world_size == 1:
+        launcher = ["python"]
+    elif info.nnodes == 1:
+        launcher = ["torchrun", f"--nproc_per_node={info.local_world_size}"]
+    else:
+        launcher = ["torchrun", f"--nnodes={info.nnodes}", f"--nproc_per_node={info.local_world_size}",
+                    "--rdzv_backend=c10d", "--rdzv_endpoint=HOST:PORT"]
     cmd = [*launcher, train_script_of(dataset), "--resume", "--savedir", str(args.savedir)]
     for dest in ("data_root", "device", "workers", "amp", "channels_last", "no_figures"):
         if dest in explicit:
@@ -158,7 +166,9 @@ def resume_command(dataset: str, args: argparse.Namespace, explicit: dict[str, A
                 cmd.append(f"--{dest}")
             elif value is not False:
                 cmd += [f"--{dest}", str(value)]
-    return shlex.join(cmd)
+    where = (" (on every machine, with the rendezvous HOST:PORT the run was started with)" if info.nnodes > 1
+             else "")
+    return shlex.join(cmd) + where
 
 
 def earlier_run_files(savedir: Path) -> list[Path]:
