@@ -1,5 +1,6 @@
 # The two commands of the README: `make demo` (whole pipeline on generated data) and `make test`;
-# `make app` starts the sketch-search app on the demo run (after `make demo`).
+# `make app` starts the sketch-search app on the demo run (after `make demo`); `make reproduce ARGS="..."` the
+# paper's table (every setting and seed, resumable; ARGS go to `python -m engine.reproduce`, see its --help).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -10,7 +11,9 @@ APP_RUN  ?= checkpoint/demo
 APP_DATA ?= datasets/Demo
 APP_PORT ?= 7860
 
-.PHONY: demo test test-deps clean-demo app app-deps app-run
+ARGS ?=
+
+.PHONY: demo test test-deps clean-demo app app-deps app-run reproduce
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +45,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m engine.demo
+
+reproduce: $(STAMP)
+	$(PY) -m engine.reproduce $(ARGS)
 
 clean-demo:
 	rm -rf datasets/Demo checkpoint/demo checkpoint/demo_untrained

@@ -17,16 +17,16 @@ from typing import Optional, Sequence
 
 from utils.cli import ArgumentParser  # importing utils first sets OpenMP up for torch (utils/runtime.py)
 from utils.errors import UserError, run_cli
-
-CHECKPOINT_FILE = "model_best.pth.tar"
+from utils.run_files import BEST_CHECKPOINT_FILE
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description="Sketch search web app: draw (or upload) a sketch and get the closest "
                                    "photos of a gallery, ranked by a trained SBKA student.")
-    p.add_argument("--resume_dir", required=True, help=f"the run directory (holds {CHECKPOINT_FILE}; "
+    p.add_argument("--resume_dir", required=True, help=f"the run directory (holds {BEST_CHECKPOINT_FILE}; "
                                                        "the gallery cache is written there)")
-    p.add_argument("--checkpoint", default=None, help=f"student checkpoint (default: <resume_dir>/{CHECKPOINT_FILE})")
+    p.add_argument("--checkpoint", default=None,
+                   help=f"student checkpoint (default: <resume_dir>/{BEST_CHECKPOINT_FILE})")
     p.add_argument("--gallery", default="zero",
                    help="'zero': the setting's unseen-class test photos; or a folder of photos (JPEG/PNG/WebP, "
                         "searched recursively)")
@@ -108,9 +108,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         raise UserError("--batch_size must be at least 1 and --workers 0 or more")
     check_port(args.host, args.port)
     device = select_device(args.device)
-    import torch
+    from utils.precision import exact_float32
 
-    torch.set_float32_matmul_precision("highest")     # no TF32, as in evaluation: the same ranking on any card
+    exact_float32()     # no TF32, as in evaluation: the same ranking on any card
     searcher = load_searcher(Path(args.resume_dir), args.gallery, Path(args.data_root),
                              Path(args.checkpoint) if args.checkpoint else None, device,
                              args.batch_size, args.workers)

@@ -1,7 +1,7 @@
 """Zero-shot SBIR test on QuickDraw Ext (checkpoint/quickdraw/zeroshot); `--help` lists the flags."""
 import functools
 
-from retrieval.evaluate import main
+from engine.evaluate import main
 from utils.errors import run_cli
 
 if __name__ == "__main__":

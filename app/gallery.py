@@ -19,11 +19,12 @@ import numpy as np
 from app.images import class_folder_labels, find_photos
 from data.lists import parse_list_file, read_class_file
 from data.registry import get_setting, resolve_paths
-from retrieval.feature_io import FEATURES_FILE, load_features
-from retrieval.run_folder import zero_lists
+from engine.folder_checks import zero_lists
+from retrieval.feature_io import load_features
 from utils.checkpoint import atomic_write
 from utils.errors import UserError
 from utils.provenance import read_sidecar
+from utils.run_files import FEATURES_FILE
 
 CACHE_FORMAT = 1
 EMBED_CHUNK = 1024     # photos embedded between two cache writes: an interrupted first start keeps its work

@@ -6,6 +6,7 @@ distance as in evaluation, or by the one-to-many blend at the (M, K) the run's `
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,19 +19,25 @@ from PIL import Image
 
 from app.gallery import Gallery, folder_gallery, zero_gallery
 from app.images import QueryError, decode_query
-from data.demo import MARKER_FILE
 from engine.trained_run import TrainedRun, selected_one_to_many  # noqa: F401  (selected_one_to_many: the app's rule)
 from retrieval.cluster_matching import DEFAULT_ALPHA, check_pq_shape
 from retrieval.distances import squared_norms
 from retrieval.search import MatchingCodes, rank
 from utils.errors import UserError
+from utils.run_files import BEST_CHECKPOINT_FILE
 
 MAX_K = 200
 DEFAULT_K = 20
-# Suggested pen width on the 256 px canvas: the public datasets' sketches have thin strokes, the
-# generated demo sketches are drawn with thick pens (data/demo.py).
+# Suggested pen width on the 256 px canvas: thin, like the public datasets' sketches, but thick enough to stay
+# MIN_INPUT_STROKE px wide after the resize to the checkpoint's input size (at 64 px a 3 px stroke fades to a
+# faint grey line: 7 px there, 3 px at 224 px).
+CANVAS_SIZE = 256
 STROKE_WIDTH = 3
-DEMO_STROKE_WIDTH = 7
+MIN_INPUT_STROKE = 1.75
+
+
+def suggested_stroke_width(img_size: int) -> int:
+    return max(STROKE_WIDTH, math.ceil(MIN_INPUT_STROKE * CANVAS_SIZE / img_size))
 
 
 @dataclass
@@ -69,7 +76,7 @@ class SketchSearcher:
     """Embeds query sketches with the student and ranks the gallery; safe to call from many threads."""
 
     def __init__(self, run: TrainedRun, gallery: Gallery, one_to_many: Optional[OneToMany] = None,
-                 no_one_to_many_reason: str = "", stroke_width: int = STROKE_WIDTH):
+                 no_one_to_many_reason: str = "", stroke_width: Optional[int] = None):
         self.run = run
         self.gallery = gallery
         self.device = run.device
@@ -77,7 +84,7 @@ class SketchSearcher:
         self.sq_norms = squared_norms(self.features)
         self.one_to_many = one_to_many
         self.no_one_to_many_reason = no_one_to_many_reason
-        self.stroke_width = stroke_width
+        self.stroke_width = suggested_stroke_width(run.img_size) if stroke_width is None else stroke_width
         self._lock = threading.Lock()     # one query at a time on the model: predictable latency, no oversubscription
         if one_to_many is not None:
             one_to_many.start(self.features)
@@ -190,14 +197,13 @@ def build_searcher(trained: TrainedRun, resume_dir: Path, gallery: str = "zero",
     chosen = app_gallery(trained, resume_dir, gallery, data_root)
     selected, reason = one_to_many_offer(trained, resume_dir, chosen)
     otm = None if selected is None else OneToMany(*selected)
-    demo = gallery == "zero" and (chosen.root / MARKER_FILE).is_file()
-    return SketchSearcher(trained, chosen, otm, reason, DEMO_STROKE_WIDTH if demo else STROKE_WIDTH)
+    return SketchSearcher(trained, chosen, otm, reason)
 
 
 def load_searcher(resume_dir: Path, gallery: str = "zero", data_root: Path = Path("datasets"),
                   checkpoint: Optional[Path] = None, device: torch.device = torch.device("cpu"),
                   batch_size: int = 32, workers: int = 0) -> SketchSearcher:
     """The run's student (``<resume_dir>/model_best.pth.tar`` unless ``checkpoint``) over the chosen gallery."""
-    trained = load_trained_student(checkpoint or resume_dir / "model_best.pth.tar", device, batch_size, workers,
+    trained = load_trained_student(checkpoint or resume_dir / BEST_CHECKPOINT_FILE, device, batch_size, workers,
                                    resume_dir)
     return build_searcher(trained, resume_dir, gallery, data_root)

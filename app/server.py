@@ -1,7 +1,8 @@
 """The web app (Starlette, served by uvicorn): the drawing page, the JSON API and the gallery's photos.
 
-Routes: ``GET /`` the page (``/favicon.ico`` its icon), ``GET /api/info``, ``POST /api/search`` (a PNG/JPEG/WebP body or a multipart
-``file``; ``?k=``, ``?one_to_many=1``, ``?class=``), ``GET /photo/{index}`` and ``GET /thumb/{index}``.
+Routes: ``GET /`` the page (``/favicon.ico`` its icon), ``GET /api/info``, ``POST /api/search`` (a PNG/JPEG/WebP
+body or a multipart ``file``; ``?k=``, ``?one_to_many=1``, ``?class=``), ``GET /photo/{index}`` and
+``GET /thumb/{index}``.
 Photos are served only by their index in the gallery's own list, so no request can name a file.
 """
 from __future__ import annotations

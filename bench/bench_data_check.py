@@ -1,4 +1,5 @@
-"""``python -m data.check`` on a Sketchy tree of the public list sizes (a benchmark, not a test).
+"""``python -m engine.check`` (the full check: the data checks plus the pretrained checkpoint) on a Sketchy tree of
+the public list sizes (a benchmark, not a test).
 
 The tree has both Sketchy splits with the line counts of METHOD.md section 1 (zeroshot1: 55,252 / 5,000 /
 15,229 sketches, 68,401 / 17,101 photos; zeroshot2: 57,587 / 12,694 sketches, 72,949 / 12,553 photos). As in
@@ -107,7 +108,7 @@ def main() -> None:
     data_root = build_tree(tree)
     pretrained = official_tiny(tree / "convnextv2_tiny_1k_224_ema.pt")
     print(f"tree ready in {time.perf_counter() - t0:.1f} s: {data_root}")
-    base = [sys.executable, "-m", "data.check", "--data_root", str(data_root), "--runs", str(tree / "runs"),
+    base = [sys.executable, "-m", "engine.check", "--data_root", str(data_root), "--runs", str(tree / "runs"),
             "--pretrained", str(pretrained), "--workers", str(args.workers)]
     for label, extra in (("full", []), ("--quick", ["--quick"])):
         t = time.perf_counter()

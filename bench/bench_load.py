@@ -8,8 +8,8 @@ warm-up. A loaded case first starts ``--load_procs`` processes that each spin on
 (the "other job" of a shared machine), and stops them after. Cases run in rounds, interleaved, and the median
 per case is reported, with the machine's load average (which includes whatever else runs there) before each.
 
-"unset" is OpenMP's own default (GNU OpenMP: spin a while, then sleep); the project's entry points set PASSIVE
-(utils/runtime.py) unless the user set a value. ``--threads`` adds cases with that many torch threads.
+``--policies``: "unset" is OpenMP's own default (GNU OpenMP: spin a while, then sleep); the project's entry points
+set PASSIVE (utils/runtime.py) unless the user chose. ``--threads`` adds loaded cases with that many torch threads.
 """
 from __future__ import annotations
 
@@ -46,9 +46,16 @@ def child(args: list[str]) -> None:
                       "steps": timing["steps"]}))
 
 
+def label(policy: Optional[str]) -> str:
+    return "OMP_WAIT_POLICY unset" if policy is None else policy if "=" in policy else f"OMP_WAIT_POLICY={policy}"
+
+
 def run_case(policy: Optional[str], load_procs: int, threads: int, opts) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
-    if policy:
+    """``policy``: None (OpenMP's default), a value of OMP_WAIT_POLICY, or NAME=VALUE settings joined by commas."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT")}
+    if policy and "=" in policy:
+        env.update(item.split("=", 1) for item in policy.split(","))
+    elif policy:
         env["OMP_WAIT_POLICY"] = policy
     load_before = os.getloadavg()[0]
     budget = opts.seconds + 900          # loading torch takes a minute on a busy machine; spinners die with the case
@@ -79,10 +86,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--load_procs", type=int, default=1, help="processes spinning one core each in a loaded case")
     p.add_argument("--threads", type=int, nargs="*", default=[1],
                    help="extra cases with this many torch threads under load (0 = torch's default)")
+    p.add_argument("--policies", nargs="+", default=["unset", "PASSIVE"],
+                   help="settings compared: 'unset', an OMP_WAIT_POLICY value, or NAME=VALUE[,NAME=VALUE] "
+                        "(e.g. GOMP_SPINCOUNT=10000)")
     opts = p.parse_args(argv)
     cores = os.cpu_count() or 1
-    cases = [(policy, load, 0) for load in (0, opts.load_procs) for policy in (None, "PASSIVE")]
-    cases += [(policy, opts.load_procs, t) for t in opts.threads if t for policy in (None, "PASSIVE")]
+    policies = [None if x == "unset" else x for x in opts.policies]
+    cases = [(policy, load, 0) for load in (0, opts.load_procs) for policy in policies]
+    cases += [(policy, opts.load_procs, t) for t in opts.threads if t for policy in policies]
     print(f"{opts.model}, {opts.img_size}px, batch {opts.batch_size}, bidirectional step; {cores} cores; loaded = "
           f"{opts.load_procs} process(es) spinning one core each; {opts.seconds:g} s per case, {opts.rounds} rounds",
           flush=True)
@@ -93,14 +104,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             results[case].append(run_case(case[0], case[1], case[2], opts))
             policy, load, threads = case
             last = results[case][-1]
-            print(f"  round {r + 1}: OMP_WAIT_POLICY={policy or 'unset':7s} load={load} threads={last['threads']}: "
+            print(f"  round {r + 1}: {label(policy):30s} load={load} threads={last['threads']}: "
                   f"{last['img_s']:6.1f} img/s (load average before: {last['load_before']:.2f})", flush=True)
     median = {c: statistics.median(x["img_s"] for x in v) for c, v in results.items()}
-    idle = median[(None, 0, 0)]
-    print("\nmedian img/s (ratio to unset, idle):")
+    idle = median[(policies[0], 0, 0)]
+    print(f"\nmedian img/s (ratio to {opts.policies[0]}, idle):")
     for (policy, load, threads), value in median.items():
         where = "idle  " if not load else f"loaded ({load} spinning)"
-        print(f"  OMP_WAIT_POLICY={policy or 'unset':7s} {where:22s} threads={results[(policy, load, threads)][0]['threads']}: "
+        print(f"  {label(policy):30s} {where:22s} threads={results[(policy, load, threads)][0]['threads']}: "
               f"{value:6.1f} img/s  ({value / idle:.2f}x)")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min)")
 

@@ -28,6 +28,7 @@ from engine.train import step_losses  # noqa: E402
 from losses import SBKAObjective  # noqa: E402
 from models import build_student, build_teacher  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
+from utils.precision import AMP_DTYPE, released_training_numerics  # noqa: E402
 
 
 @dataclass
@@ -79,7 +80,8 @@ class TrainStep:
             self.run_teacher = torch.compile(self.teacher, backend=compile_backend)
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
+        # the project's --amp dtype; here on the CPU too, so the CPU smoke of the GPU check compares bf16 with fp32
+        return torch.autocast(self.device.type, dtype=AMP_DTYPE) if self.amp else nullcontext()
 
     def losses(self, batch: Batch, bidirectional: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x = batch.x.contiguous(memory_format=self.memory_format)
@@ -150,7 +152,7 @@ def main() -> None:
     p.add_argument("--channels_last", action="store_true", help="channels-last memory format")
     args = p.parse_args()
     if args.device.startswith("cuda"):
-        torch.backends.cudnn.benchmark = True
+        released_training_numerics()
     res = bench(args)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     print(f"{args.model} batch {args.batch_size} @ {args.img_size}px on {name}, amp={args.amp}, "

@@ -45,7 +45,8 @@ import torch  # noqa: E402
 from bench_metrics import class_structured  # noqa: E402
 from bench_train import TrainStep, sync, synthetic_batch, time_steps  # noqa: E402
 from gpu_report import Report, Section  # noqa: E402
-from utils.cli import ArgumentParser
+from utils.cli import ArgumentParser  # noqa: E402
+from utils.precision import exact_float32, tf32_flags, tf32_off  # noqa: E402
 
 SETTING = "sketchy/zeroshot1"
 # METHOD.md section 1 (Sketchy Ext, zeroshot1) and section 4 (20 epochs, warm-up epochs 0..9, 489 steps of 210)
@@ -92,9 +93,15 @@ class Plan:
     total_s: float = 420.0
 
 
-def batch_holder(sketch_loader, photo_loader, device: torch.device, gpu_normalize: bool) -> SimpleNamespace:
-    """What ``Trainer.batches`` reads from a trainer: its two loaders, device, memory format and flag."""
+def batch_holder(sketch_loader, photo_loader, device: torch.device, gpu_normalize: bool,
+                 sketch_sizes: list[int], photo_sizes: list[int]) -> SimpleNamespace:
+    """What ``Trainer.batches`` reads from a one-process trainer: its two loaders with their global batch sizes,
+    device, memory format and flag."""
+    from utils.distributed import DistInfo
+
     return SimpleNamespace(sketch_loader=sketch_loader, photo_loader=photo_loader, device=device,
+                           sketch_sampler=SimpleNamespace(global_sizes=lambda: sketch_sizes),
+                           photo_sampler=SimpleNamespace(global_sizes=lambda: photo_sizes), info=DistInfo(),
                            memory_format=torch.channels_last, args=SimpleNamespace(gpu_normalize=gpu_normalize))
 
 
@@ -320,27 +327,29 @@ def grad_norm(module: torch.nn.Module) -> float:
 
 
 def evaluator_precision_check(device: torch.device, work: Path) -> dict[str, Any]:
-    """Run the test scripts' evaluator (retrieval.evaluate.main) with TF32 switched ON beforehand and read
-    the matmul precision it leaves: it must have turned TF32 off."""
+    """Run the test scripts' evaluator (engine.evaluate.main) with TF32 switched ON beforehand for both
+    matmuls and cuDNN convolutions, and read the flags it leaves: it must have turned both off."""
     import contextlib
     import io
 
-    from retrieval.evaluate import main as evaluate_main
+    from engine.evaluate import main as evaluate_main
     from retrieval.feature_io import save_features
+    from utils.run_files import FEATURES_FILE
 
-    before = (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32)
+    before = tf32_flags()
     run_dir = work / "evaluator_check"
-    save_features(class_structured(40, 60, 4, 16), run_dir / "features_zero.pickle")
+    save_features(class_structured(40, 60, 4, 16), run_dir / FEATURES_FILE)
     torch.set_float32_matmul_precision("high")            # TF32 on, as a user's earlier code might leave it
+    torch.backends.cudnn.allow_tf32 = True
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             evaluate_main(["--resume_dir", str(run_dir), "--mode", "1", "--no_figures", "--device", str(device)],
                           setting_name=SETTING)
-        after = {"float32_matmul_precision": torch.get_float32_matmul_precision(),
-                 "cuda_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32)}
+        after = tf32_flags()
     finally:
-        torch.set_float32_matmul_precision(before[0])
-    after["tf32_off"] = after["float32_matmul_precision"] == "highest" and not after["cuda_matmul_allow_tf32"]
+        torch.set_float32_matmul_precision(before["float32_matmul_precision"])
+        torch.backends.cudnn.allow_tf32 = before["cudnn_allow_tf32"]
+    after["tf32_off"] = tf32_off(after)
     return after
 
 
@@ -390,15 +399,17 @@ def section_numerics(sec: Section, args, plan: Plan, device, images, ctx: dict) 
             bf16=None, rel_diff=None)
     sec.row(quantity="evaluator leaves cuda.matmul.allow_tf32", fp32=check["cuda_matmul_allow_tf32"],
             bf16=None, rel_diff=None)
+    sec.row(quantity="evaluator leaves cudnn.allow_tf32", fp32=check["cudnn_allow_tf32"], bf16=None, rel_diff=None)
     n_q, n_g, _ = plan.eval_sizes
     for precision in ("highest", "high"):
         err = matmul_error(device, precision, min(n_q, 1024), n_g, plan.eval_dim)
         sec.row(quantity=f"max |q.g| error vs float64, precision '{precision}'", fp32=err, bf16=None, rel_diff=None)
     sec.note("TF32 ('high') applies on CUDA only; on a CPU both rows are plain float32. The evaluator set TF32 "
-             f"off: {check['tf32_off']}. The trainer leaves PyTorch's defaults: cuDNN convolutions may use TF32 "
-             f"(torch.backends.cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}), matmuls do not")
+             f"off for matmuls and convolutions: {check['tf32_off']}. The trainer keeps the released run's cuDNN "
+             "defaults (TF32 convolutions allowed, cudnn.benchmark on); matmuls stay float32")
     if not check["tf32_off"]:
-        raise RuntimeError("the evaluator left TF32 on: rankings would depend on the card")
+        raise RuntimeError("the evaluator left TF32 on (matmuls or cuDNN convolutions): rankings would depend on "
+                           "the card")
 
 
 # ----------------------------------------------------------------------------------------------- profile
@@ -441,7 +452,7 @@ def section_loader(sec: Section, args, plan: Plan, device, budget: Budget, ctx: 
     from data.registry import get_setting, resolve_paths
     from data.transforms import train_transform
     from engine.train import Trainer, build_data, make_loader
-    from utils.distributed import DistInfo
+    from utils.distributed import DistInfo, default_workers
 
     setting = get_setting(SETTING)
     paths = resolve_paths(setting, ctx["data_root"])
@@ -457,7 +468,7 @@ def section_loader(sec: Section, args, plan: Plan, device, budget: Budget, ctx: 
                     n += 1
             sec.row(pipeline=f"one core, {role.split('_')[0].replace('sketch', 'sketche')}s, {'float32 normalised' if normalize else 'uint8'}",
                     workers=0, img_s=n / (time.perf_counter() - t0), images=n)
-    workers = min(8, os.cpu_count() or 1)           # the trainer's default per loader (two loaders)
+    workers = default_workers(DistInfo())           # the trainer's default per loader (two loaders)
     n_sk, n_ph = plan.n_sketch, plan.n_photo
     # the trainer's main process alone: Trainer.batches copies each half to the device, then concatenates,
     # shuffles and (with --gpu_normalize) normalises there
@@ -467,10 +478,10 @@ def section_loader(sec: Section, args, plan: Plan, device, budget: Budget, ctx: 
         ph = (torch.zeros(n_ph, *shape, dtype=dtype), torch.zeros(n_ph, dtype=torch.long))
         if cuda(device):
             sk, ph = tuple(t.pin_memory() for t in sk), tuple(t.pin_memory() for t in ph)
-        holder = batch_holder([sk] * 10, [ph] * 10, device, dtype == torch.uint8)
+        holder = batch_holder([sk] * 10, [ph] * 10, device, dtype == torch.uint8, [n_sk] * 10, [n_ph] * 10)
         t0 = time.perf_counter()
         n = 0
-        for x, _, _ in Trainer.batches(holder):
+        for x, *_ in Trainer.batches(holder):
             sync(device)
             n += len(x)
         sec.row(pipeline=f"main process only: Trainer.batches + copy to {device.type}, {str(dtype)[6:]} "
@@ -481,12 +492,12 @@ def section_loader(sec: Section, args, plan: Plan, device, budget: Budget, ctx: 
         sk, sk_sampler = make_loader(data.sketches, n_sk, DistInfo(), 0, workers, cuda(device))
         ph, ph_sampler = make_loader(data.photos, n_ph, DistInfo(), 1, workers, cuda(device))
         torch.manual_seed(0)
-        holder = batch_holder(sk, ph, device, not normalize)
+        holder = batch_holder(sk, ph, device, not normalize, sk_sampler.global_sizes(), ph_sampler.global_sizes())
         t0 = time.perf_counter()
         first = None
         images = batches = 0
         limit = budget.cap(plan.loader_s, reserve=200)
-        for x, y, is_photo in Trainer.batches(holder):      # the trainer's own pairing, device copy, shuffle
+        for x, *_ in Trainer.batches(holder):               # the trainer's own pairing, device copy, shuffle
             sync(device)
             if first is None:
                 first = time.perf_counter()
@@ -556,6 +567,8 @@ class LineTimer(threading.Thread):
 
 
 def section_e2e(sec: Section, args, plan: Plan, device, budget: Budget, ctx: dict) -> None:
+    from utils.run_files import LOG_FILE
+
     pg = process_group_check(device)
     sec.row(run="one-rank process group + all_reduce", backend=pg["backend"], ok=pg["ok"], seconds=pg.get("seconds"))
     step = ctx.get("best_eager_train") or {}
@@ -585,7 +598,7 @@ def section_e2e(sec: Section, args, plan: Plan, device, budget: Budget, ctx: dic
         rc = None
     reader.join(5)
     wall = time.perf_counter() - t0
-    log_file = run_dir / "log.jsonl"
+    log_file = run_dir / LOG_FILE
     log = [json.loads(line) for line in log_file.read_text().splitlines()] if log_file.is_file() else []
     if rc is None:
         sec.status = "partial"
@@ -744,7 +757,7 @@ def fit_codebook_timed(args, plan: Plan, features, budget: Budget, sec: Section)
 def section_evaluation(sec: Section, args, plan: Plan, device, budget: Budget, ctx: dict) -> None:
     from retrieval.search import RetrievalProblem
 
-    torch.set_float32_matmul_precision("highest")        # as retrieval.evaluate.main does (checked in numerics)
+    exact_float32()                                       # as engine.evaluate.main does (checked in numerics)
     nq, ng, nc = plan.eval_sizes
     t0 = time.perf_counter()
     features = class_structured(nq, ng, nc, plan.eval_dim)
@@ -856,9 +869,7 @@ def main(argv: Optional[list[str]] = None) -> Report:
             "cpu_count": os.cpu_count(), "smoke": args.smoke, "plan": asdict(plan),
             "started_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python bench/gpu_check.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "defaults": {"cudnn.benchmark": torch.backends.cudnn.benchmark,
-                         "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
-                         "float32_matmul_precision": torch.get_float32_matmul_precision()}}
+            "defaults": {"cudnn.benchmark": torch.backends.cudnn.benchmark, **tf32_flags()}}
     if Path("/dev/shm").is_dir():                      # DataLoader workers pass batches through it
         meta["dev_shm_gib"] = shutil.disk_usage("/dev/shm").total / 2**30
     if cuda(device):

@@ -16,8 +16,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_metrics import class_structured  # noqa: E402
-from retrieval.feature_io import FEATURES_FILE, save_features  # noqa: E402
+from retrieval.feature_io import save_features  # noqa: E402
 from utils.cli import ArgumentParser
+from utils.run_files import FEATURES_FILE  # noqa: E402
 
 
 def main() -> None:

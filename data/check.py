@@ -2,10 +2,12 @@
 
 For every setting whose dataset folder exists under ``--data_root`` (or those named with ``--setting``) it
 checks the list files (naming, every line, labels against the class files, counts against the public
-package), decodes every listed image (``--quick``: a seeded 2 % sample per list), the ``cid_mask.pickle``,
-the pretrained checkpoint and any ``features_zero.pickle`` under the setting's run folder. It prints one
-table (setting x check: ok / warning / error and the first message), then every message, and exits 1 when
-any check is an error, 0 otherwise.
+package), decodes every listed image (``--quick``: a seeded 2 % sample per list) and the ``cid_mask.pickle``.
+It prints one table (setting x check: ok / warning / error and the first message), then every message, and
+exits 1 when any check is an error, 0 otherwise.
+
+These are the data checks. The full check, ``python -m engine.check``, runs them with the checks that need the
+layers above the data (the pretrained checkpoint, the feature files of the run folders) through ``extra``.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from data.registry import (REQUIRED_ROLES, SETTINGS, Setting, SettingPaths, get_
                            resolve_paths)
 from utils.errors import UserError, run_cli
 from utils.cli import ArgumentParser
+from utils.progress import progress
 
 # Line counts of the public packages' list files (METHOD.md section 1); None = not published exactly.
 PUBLIC_LIST_SIZES: dict[str, dict[str, int]] = {
@@ -36,8 +39,8 @@ PUBLIC_LIST_SIZES: dict[str, dict[str, int]] = {
                           "photo_zero": 27_989},
     "quickdraw/zeroshot": {"sketch_zero": 92_291, "photo_zero": 54_151},
 }
-DEFAULT_PRETRAINED = "pretrained_model/convnextv2_tiny_1k_224_ema.pt"
-CHECKS = ("lists", "counts", "images", "cid_mask", "pretrained", "features")
+DATA_CHECKS = ("lists", "counts", "images", "cid_mask")
+FULL_CHECK = "python -m engine.check"
 OK, WARNING, ERROR, SKIPPED = "ok", "warning", "error", "skipped"
 MAX_LISTED = 20          # image problems listed per setting, then a count
 QUICK_FRACTION = 0.02
@@ -64,6 +67,20 @@ class Cell:
 
 
 @dataclass
+class SettingFacts:
+    """What the data checks of one setting found, for the checks of the layers above (engine.check)."""
+
+    setting: Setting
+    n_unseen: int                     # from the zero class file when readable, else the paper's count
+    list_sizes: dict[str, int]        # entries of each list file that parsed, by role
+
+
+# A check defined above the data layer: given a setting's facts, its cell for that setting (the same Cell may
+# serve every setting, e.g. the one pretrained checkpoint). Called after the image decoding.
+ExtraCheck = Callable[[SettingFacts], "Cell"]
+
+
+@dataclass
 class ListInfo:
     """A parsed list file of one setting."""
 
@@ -76,8 +93,8 @@ class ListInfo:
 
 # ----------------------------------------------------------------------------------------------- lists
 def scheme_label(scheme: dict) -> str:
-    """A short name of a list-file naming: its sketch training list's file name."""
-    return scheme["sketch_train"]
+    """A list-file naming, whole: the file names of its required lists (the table cell shortens it, not this)."""
+    return ", ".join(scheme[role] for role in REQUIRED_ROLES)
 
 
 def complete_schemes(setting: Setting, split: Path) -> list[dict]:
@@ -98,11 +115,11 @@ def check_lists(setting: Setting, paths: SettingPaths, lists_cell: Cell, counts_
     schemes = complete_schemes(setting, paths.split)
     used = next((s for s in schemes if all(paths.lists.get(r) == paths.split / s[r] for r in REQUIRED_ROLES)),
                 schemes[0] if schemes else setting.naming_schemes[0])
-    lists_cell.add(OK, f"naming {scheme_label(used)} …")
+    lists_cell.add(OK, f"naming {scheme_label(used)}")
     if len(schemes) > 1:
-        others = ", ".join(scheme_label(s) for s in schemes if s is not used)
+        others = "; ".join(scheme_label(s) for s in schemes if s is not used)
         lists_cell.add(WARNING, f"{paths.split} holds more than one complete naming; the loaders read "
-                                f"{scheme_label(used)} …, not {others} …")
+                                f"{scheme_label(used)}; not {others}")
     try:
         seen = read_class_file(paths.class_file)
         unseen = read_class_file(paths.zero_class_file)
@@ -175,13 +192,11 @@ def _decode_chunk(paths: Sequence[str]) -> list[Optional[str]]:
 
 
 def decode_all(files: list[str], workers: int, desc: str = "decode images") -> dict[str, Optional[str]]:
-    """Decode each file once (in a process pool when ``workers`` > 0) with a progress bar."""
-    from tqdm import tqdm
-
+    """Decode each file once (in a process pool when ``workers`` > 0) with the project's progress (a bar on a
+    terminal, plain lines in a log)."""
     chunks = [files[i:i + CHUNK] for i in range(0, len(files), CHUNK)]
     results: dict[str, Optional[str]] = {}
-    with tqdm(total=len(files), desc=desc, unit="img", dynamic_ncols=True, file=sys.stderr,
-              disable=not files) as bar:
+    with progress(total=len(files), desc=desc, unit="img", disable=not files) as bar:
         if workers <= 0 or len(chunks) <= 1:
             outcomes: Iterable = map(_decode_chunk, chunks)
             pool = None
@@ -220,7 +235,8 @@ def report_images(cell: Cell, jobs: list, outcome: dict[str, Optional[str]], fra
     for p, f, line, why in bad[:MAX_LISTED]:
         cell.add(ERROR, f"image {p} ({f}, line {line}) {why}")
     if len(bad) > MAX_LISTED:
-        cell.add(ERROR, f"… and {len(bad) - MAX_LISTED} more images that do not exist or do not decode")
+        cell.add(ERROR, f"and {len(bad) - MAX_LISTED} more images that do not exist or do not decode "
+                        f"(the first {MAX_LISTED} are listed)")
     if not bad:
         what = "every listed image" if fraction >= 1.0 else f"a {fraction:.0%} sample per list"
         cell.add(OK, f"{len(jobs):,} images decode ({what})")
@@ -256,54 +272,6 @@ def check_cid_mask(setting: Setting, paths: SettingPaths, n_seen: int, cell: Cel
     cell.add(OK, f"{n_seen} rows x {values.shape[1]}")
 
 
-# ----------------------------------------------------------------------------------------------- models
-def check_pretrained(path: Optional[str], model: str, cell: Cell) -> None:
-    if path is None or str(path).lower() == "none":
-        cell.add(SKIPPED, "--pretrained none")
-        return
-    from models import build_teacher
-
-    try:
-        build_teacher(model, path)
-    except UserError as exc:
-        cell.add(ERROR, str(exc))
-        return
-    cell.add(OK, f"{path} loads strictly into {model}")
-
-
-def run_folder(setting: Setting, runs: Path) -> Path:
-    """The setting's run folder under ``runs`` (default run directories sit under checkpoint/)."""
-    default = Path(setting.checkpoint_dir)
-    return runs / default.relative_to(default.parts[0])
-
-
-def check_features(setting: Setting, folder: Path, n_unseen: int, zero_counts: dict[str, int], cell: Cell) -> None:
-    from retrieval.feature_io import FEATURES_FILE, load_features
-
-    files = sorted(folder.rglob(FEATURES_FILE)) if folder.is_dir() else []
-    if not files:
-        cell.add(OK, f"no {FEATURES_FILE} under {folder}")
-        return
-    for f in files:
-        try:
-            fs = load_features(f)
-        except UserError as exc:
-            cell.add(ERROR, str(exc))
-            continue
-        bad = [(what, int(lab.min()), int(lab.max())) for what, lab in
-               (("gallery", fs.gallery_labels), ("query", fs.query_labels)) if lab.min() < 0 or lab.max() >= n_unseen]
-        if bad:
-            what, lo, hi = bad[0]
-            cell.add(ERROR, f"features file {f}: {what} labels span {lo}..{hi}, but {setting.name} has "
-                            f"{n_unseen} unseen classes (0..{n_unseen - 1})")
-            continue
-        for what, rows, role in (("gallery", len(fs.gallery), "photo_zero"), ("query", len(fs.query), "sketch_zero")):
-            if role in zero_counts and zero_counts[role] != rows:
-                cell.add(WARNING, f"features file {f}: {rows:,} {what} rows, but the {role} list has "
-                                  f"{zero_counts[role]:,} entries (extracted from other lists?)")
-        cell.add(OK, f"{f}: {len(fs.gallery):,} gallery x {len(fs.query):,} queries, {fs.dim}-d")
-
-
 # ----------------------------------------------------------------------------------------------- driver
 def settings_to_check(names: Optional[list[str]], data_root: Path) -> list[Setting]:
     if names:
@@ -331,10 +299,9 @@ def sibling_split_exists(setting: Setting, data_root: Path) -> bool:
                and (data_root / s.dataset_dir / s.split_dir).is_dir() for s in SETTINGS.values())
 
 
-def check_setting(setting: Setting, args: argparse.Namespace, pretrained: Cell) -> tuple[dict[str, Cell], list]:
-    """All checks of one setting but the image decoding; returns its cells and its image jobs."""
-    cells = {c: Cell() for c in CHECKS}
-    cells["pretrained"] = pretrained
+def check_setting(setting: Setting, args: argparse.Namespace) -> tuple[dict[str, Cell], list, SettingFacts]:
+    """The data checks of one setting but the image decoding; returns its cells, its image jobs and its facts."""
+    cells = {c: Cell() for c in DATA_CHECKS}
     jobs: list = []
     parsed: dict[str, ListInfo] = {}
     n_seen, n_unseen = setting.n_seen, setting.n_unseen
@@ -357,9 +324,7 @@ def check_setting(setting: Setting, args: argparse.Namespace, pretrained: Cell) 
             cells[c].add(SKIPPED, "needs the list files")
     if paths is not None and not parsed:
         cells["images"].add(SKIPPED, "needs a readable list file")
-    check_features(setting, run_folder(setting, Path(args.runs)), n_unseen,
-                   {r: len(i.paths) for r, i in parsed.items()}, cells["features"])
-    return cells, jobs
+    return cells, jobs, SettingFacts(setting, n_unseen, {r: len(i.paths) for r, i in parsed.items()})
 
 
 def _shorten(text: str, width: int) -> str:
@@ -368,37 +333,36 @@ def _shorten(text: str, width: int) -> str:
 
 def format_table(rows: dict[str, dict[str, Cell]], width: int = 40) -> str:
     """Markdown table: one row per setting, one column per check, 'status: first message'."""
-    lines = ["| setting | " + " | ".join(CHECKS) + " |", "|---" * (len(CHECKS) + 1) + "|"]
+    checks = list(next(iter(rows.values()))) if rows else list(DATA_CHECKS)
+    lines = ["| setting | " + " | ".join(checks) + " |", "|---" * (len(checks) + 1) + "|"]
     for name, cells in rows.items():
         body = [cells[c].status + (f": {_shorten(cells[c].first, width)}" if cells[c].status != OK else "")
-                for c in CHECKS]
+                for c in checks]
         lines.append(f"| {name} | " + " | ".join(b.replace("|", "/") for b in body) + " |")
     return "\n".join(lines)
 
 
 def format_details(rows: dict[str, dict[str, Cell]]) -> str:
-    out = []
+    out, said = [], set()
     for name, cells in rows.items():
-        for c in CHECKS:
-            if c == "pretrained" and name != next(iter(rows)):
-                continue                        # one checkpoint for all settings: say it once
-            for m in cells[c].messages:
-                out.append(f"{name} {c}: {m}")
+        for c, cell in cells.items():
+            if id(cell) in said:
+                continue                        # a cell shared by the settings (one checkpoint): said once
+            said.add(id(cell))
+            out.extend(f"{name} {c}: {m}" for m in cell.messages)
     return "\n".join(out)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(
-        prog="python -m data.check",
-        description="Check the unpacked datasets, the pretrained checkpoint and feature files before training.")
+def build_parser(prog: str = "python -m data.check",
+                 description: str = "Check the unpacked datasets (list files, images, cid_mask) before training; "
+                                    f"{FULL_CHECK} also checks the pretrained checkpoint and the feature files."
+                 ) -> argparse.ArgumentParser:
+    p = ArgumentParser(prog=prog, description=description)
     p.add_argument("--data_root", default="datasets",
                    help="folder holding Sketchy/, TUBerlin/, QuickDraw/ (with --setting custom/zeroshot: your "
                         "dataset folder, holding the zeroshot/ that python -m data.from_folders writes)")
     p.add_argument("--setting", nargs="+", choices=sorted(SETTINGS), default=None,
                    help="settings to check (default: every setting whose dataset folder exists)")
-    p.add_argument("--pretrained", default=DEFAULT_PRETRAINED, help="official ConvNeXt-V2 checkpoint ('none': skip)")
-    p.add_argument("--model", default="convnextv2_tiny", help="timm model the checkpoint must load into")
-    p.add_argument("--runs", default="checkpoint", help="run folders; features_zero.pickle files under them are checked")
     p.add_argument("--quick", action="store_true",
                    help=f"decode a seeded {QUICK_FRACTION * 100:g} %% sample of each list")
     p.add_argument("--seed", type=int, default=0, help="seed of the --quick sample")
@@ -407,37 +371,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_checks(args: argparse.Namespace, decode: Callable = decode_all) -> dict[str, dict[str, Cell]]:
+def run_checks(args: argparse.Namespace, decode: Callable = decode_all,
+               extra: Optional[dict[str, ExtraCheck]] = None) -> dict[str, dict[str, Cell]]:
+    """The data checks of every setting to check, then the ``extra`` checks (columns after the data's)."""
     if args.workers < 0:
         raise UserError(f"--workers must be 0 or more, got {args.workers}")
     data_root = Path(args.data_root)
     settings = settings_to_check(args.setting, data_root)
-    pretrained = Cell()                     # one checkpoint serves every setting: one cell shared by the rows
-    rows, jobs = {}, {}
+    rows, jobs, facts = {}, {}, {}
     for s in settings:
-        rows[s.name], jobs[s.name] = check_setting(s, args, pretrained)
+        rows[s.name], jobs[s.name], facts[s.name] = check_setting(s, args)
     unique = sorted({p for js in jobs.values() for p, _, _ in js})   # Sketchy's two splits share images
     outcome = decode(unique, args.workers)
     for name, js in jobs.items():
         if js:
             report_images(rows[name]["images"], js, outcome, QUICK_FRACTION if args.quick else 1.0)
-    check_pretrained(args.pretrained, args.model, pretrained)   # after the pool: its workers need no torch
+    for column, check in (extra or {}).items():      # after the pool: its workers need no model
+        for name in rows:
+            rows[name][column] = check(facts[name])
     return rows
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    rows = run_checks(args)
+def report(rows: dict[str, dict[str, Cell]], ready: str) -> int:
+    """Print the table and every message; 1 when a check is an error (``ready`` says what passing means)."""
     print(format_table(rows))
     details = format_details(rows)
     if details:
         print("\n" + details)
     n_errors = len({id(c) for cells in rows.values() for c in cells.values() if c.status == ERROR})
-    print(f"\n{n_errors} check(s) failed" if n_errors else "\nno errors: ready to train", flush=True)
+    print(f"\n{n_errors} check(s) failed" if n_errors else f"\nno errors: {ready}", flush=True)
     return 1 if n_errors else 0
 
 
-def cli(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    rows = run_checks(build_parser().parse_args(argv))
+    return report(rows, f"the data are ready (the full check, with the pretrained checkpoint and the feature "
+                        f"files: {FULL_CHECK})")
+
+
+def cli(argv: Optional[Sequence[str]] = None, main: Callable[[Optional[Sequence[str]]], int] = main) -> None:
+    """Run ``main`` as a command: one ``error:`` line on a user error, its status as the exit code."""
     status = 0
 
     def _main(a):

@@ -1,7 +1,8 @@
 """``make demo``: the whole pipeline on the generated demo dataset, on a CPU, in minutes.
 
 1. generate ``datasets/Demo`` (Sketchy layout, 8 seen + 4 unseen shape classes);
-2. score the *untrained* network (same seed, same initial weights) on the unseen classes: the baseline;
+2. score the *untrained* network (same seed, same initial weights) on the unseen classes: the baseline, in
+   ``<savedir>_untrained`` beside the run;
 3. train with the real Sketchy engine (warm-up, then bidirectional) from random weights;
 4. test with the real Sketchy test engine in mode 2 and print the table;
 5. print the before/after unseen-class mAP@all and where the results and pictures are.
@@ -21,12 +22,15 @@ from typing import Optional, Sequence
 
 from data.demo import MARKER_FILE, generate_demo_dataset
 from data.lists import read_class_file
-from engine import train
-from retrieval import evaluate
+from data.registry import get_setting
+from engine import evaluate, train
+from engine.runs import student_checkpoint, student_config
 from retrieval.report import BASELINE_LABEL, DEMO_LABEL
 from utils.checkpoint import atomic_save
 from utils.cli import ArgumentParser
 from utils.errors import UserError, run_cli
+from utils.run_files import (BEST_CHECKPOINT_FILE, EXAMPLES_FILE, PR_CURVE_FILE, RESULTS_FILE, RESULTS_MARKDOWN_FILE,
+                             TRAINING_CURVES_FILE)
 
 SETTING = "sketchy/zeroshot1"
 DEMO_MODEL = "convnextv2_atto"
@@ -43,8 +47,9 @@ DEMO_CLASSIFIER_STD = 0.02
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m engine.demo", description=__doc__.splitlines()[0])
     p.add_argument("--data_root", default="datasets/Demo", help="where the demo dataset is generated")
-    p.add_argument("--savedir", default="checkpoint/demo", help="run directory (replaced on every demo; the untrained baseline is "
-                                                               "scored beside it, in <savedir>_untrained)")
+    p.add_argument("--savedir", default="checkpoint/demo",
+                   help="run directory (replaced on every demo; the untrained baseline is scored beside it, in "
+                        "<savedir>_untrained)")
     p.add_argument("--img_size", type=int, default=64, help="input size")
     p.add_argument("--epochs", type=int, default=7, help="training epochs (warm-up included)")
     p.add_argument("--warmup_epochs", type=int, default=4, help="epochs 0..N-1 train the student only")
@@ -69,7 +74,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _unseen_map(resume_dir: Path) -> float:
-    results = json.loads((resume_dir / "results.json").read_text())
+    results = json.loads((resume_dir / RESULTS_FILE).read_text())
     return float(results["one_to_one"]["per_class"]["mAP@all"])
 
 
@@ -83,8 +88,8 @@ def untrained_baseline(args: argparse.Namespace, split_dir: Path, out: Path) -> 
     """Unseen-class mAP@all (one-to-one, per class) of the network the training starts from."""
     n_seen = len(read_class_file(split_dir / "cname_cid.txt"))
     student = train.initial_student(DEMO_MODEL, n_seen, None, DEMO_CLASSIFIER_STD, args.seed)
-    atomic_save({"config": {"setting": SETTING, "model": DEMO_MODEL, "n_seen": n_seen, "img_size": args.img_size},
-                 "state_dict": student.state_dict(), "epoch": 0, "best_acc1": 0.0}, out / "model_best.pth.tar")
+    config = student_config(get_setting(SETTING), DEMO_MODEL, n_seen, args.img_size, student.feature_dim)
+    atomic_save(student_checkpoint(student.state_dict(), config, epoch=0), out / BEST_CHECKPOINT_FILE)
     evaluate.main(["--data_root", args.data_root, "--resume_dir", str(out), "--mode", "1", "--no_figures",
                    "--workers", str(args.workers), "--label", BASELINE_LABEL, "--kind", "baseline"], SETTING)
     return _unseen_map(out)
@@ -118,7 +123,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
           f"lr {args.lr:g}, {args.epochs} epochs ({args.warmup_epochs} warm-up), augmentation {args.augment}", flush=True)
     common = ["--data_root", str(data_root), "--seed", str(args.seed),
               "--workers", str(args.workers)] + (["--no_figures"] if args.no_figures else [])
-    train.main("sketchy", demo=True, argv=["--savedir", str(savedir), "--pretrained", "none", "--model", DEMO_MODEL,
+    train.main("sketchy", demo=True, argv=[
+                           "--savedir", str(savedir), "--pretrained", "none", "--model", DEMO_MODEL,
                            "--img_size", str(args.img_size), "--epochs", str(args.epochs),
                            "--warmup_epochs", str(args.warmup_epochs), "--batch_size", str(args.batch_size),
                            "--lr", str(args.lr), "--lr_decay", str(args.lr_decay), "--augment", args.augment,
@@ -135,10 +141,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     print()
     print(f"unseen-class mAP@all (one-to-one, per class): untrained {baseline:.4f} -> trained {trained:.4f} "
           f"({trained - baseline:+.4f})")
-    print(f"demo finished in {minutes:.1f} min. Results: {savedir / 'results.json'}, {savedir / 'results.md'}")
+    print(f"demo finished in {minutes:.1f} min. Results: {savedir / RESULTS_FILE}, {savedir / RESULTS_MARKDOWN_FILE} "
+          f"(the untrained network's: {baseline_dir / RESULTS_FILE})")
     if not args.no_figures:
-        print(f"Pictures (each with a vector PDF beside it): {savedir / 'training_curves.png'}, "
-              f"{savedir / 'retrieval_examples.png'}, {savedir / 'pr_curve.png'}")
+        print(f"Pictures (each with a vector PDF beside it): {savedir / TRAINING_CURVES_FILE}, "
+              f"{savedir / EXAMPLES_FILE}, {savedir / PR_CURVE_FILE}")
     return {"untrained": baseline, "trained": trained}
 
 

@@ -1,7 +1,6 @@
 """Feature extraction: L2-normalised student embeddings of a list dataset (batched, no grad)."""
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -13,6 +12,7 @@ from data.registry import Setting
 from data.transforms import to_model_input
 from models import SBKAStudent, load_student_checkpoint, student_from_checkpoint
 from utils.errors import UserError
+from utils.precision import autocast, exact_float32
 from utils.progress import progress
 
 
@@ -36,16 +36,16 @@ def iter_embeddings(student: SBKAStudent, dataset: Dataset, device: torch.device
     """Embed ``dataset`` in order, one batch at a time: (float32 features b x D, labels b).
 
     ``on_device_normalize``: the dataset's transform stops at uint8 (``normalize=False``) and the
-    normalisation runs on ``device``. Closing the generator early stops the loader's workers.
+    normalisation runs on ``device``. Closing the generator early stops the loader's workers. Runs in exact
+    float32 (utils/precision.exact_float32): features must not depend on the card.
     """
+    exact_float32()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
     student.eval()
     for images, targets in progress(loader, desc=desc, unit="batch", leave=False):
         # contexts per batch: a suspended generator must not leave inference mode or autocast on in the caller
-        autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if amp and device.type == "cuda"
-                    else nullcontext())
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast(device, amp):
             x = to_model_input(images, device, memory_format, on_device_normalize)
             features = student.embed(x).float().cpu().numpy()
         yield features, targets.numpy()

@@ -6,26 +6,21 @@ The training loop (engine/train.py) calls these; they decide nothing about the m
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from data.registry import Setting, train_script_of
 from models.sbka import DEFAULT_MODEL
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import atomic_write, load_checkpoint
+from utils.distributed import DistInfo
 from utils.errors import UserError
+from utils.provenance import project_version
+from utils.run_files import ARGS_FILE, LAST_CHECKPOINT_FILE, RUN_FILE_PATTERNS, RUN_FILES
 
-CHECKPOINT = "checkpoint.pth.tar"
-BEST = "model_best.pth.tar"
-LOG = "log.jsonl"
-FIGURE = "training_curves.png"
-# What a run (and testing it) writes into its folder: an earlier run's files, replaced by --overwrite.
-RUN_FILES = (CHECKPOINT, BEST, LOG, FIGURE, "training_curves.pdf", "features_zero.pickle", "features_zero.json",
-             "results.json", "results.md", "pr_curve.png", "pr_curve.pdf", "retrieval_examples.png",
-             "retrieval_examples.pdf")
-RUN_FILE_PATTERNS = ("features_seen_val_*.pickle", "features_seen_val_*.json")
 TRAINING_LIST_ROLES = ("sketch_train", "photo_train", "sketch_test")   # the lists a run reads (fingerprinted)
 # Flags a --resume takes from this command, never from the run: where and how it executes.
 MACHINE_FLAGS = ("workers", "device", "no_figures", "debug", "resume", "overwrite", "savedir")
@@ -68,6 +63,23 @@ def batch_message(setting: Setting, batch_size: int) -> str:
     return f"batch {batch_size} -> {n_sk} sketches + {n_ph} photos{rest}: {batch_rule(setting)}"
 
 
+def cpu_cost(model: str, img_size: int, batch_size: int, steps: int, epochs: int, n_val: int,
+             threads: int) -> tuple[float, float, float]:
+    """(seconds, GB of memory, seconds per image) of a CPU run, roughly (see ``cpu_estimate``)."""
+    area = (img_size / 224) ** 2
+    flops = CPU_GFLOPS.get(model.split(".")[0], CPU_GFLOPS[DEFAULT_MODEL]) / CPU_GFLOPS[DEFAULT_MODEL]
+    per_image = (CPU_S_PER_IMAGE * flops * area + CPU_S_PER_IMAGE_FLOOR) / max(1, threads)
+    seconds = per_image * (steps * batch_size + n_val / 3) * epochs
+    memory_gb = CPU_BASE_GB * max(flops, 0.25) + CPU_GB_PER_IMAGE * flops * area * batch_size
+    return seconds, memory_gb, per_image
+
+
+def duration_text(seconds: float) -> str:
+    """``12 min``, ``2.5 h``, ``40 h``."""
+    hours = seconds / 3600
+    return f"{hours:.0f} h" if hours >= 10 else f"{hours:.1f} h" if hours >= 1 else f"{max(1, round(seconds / 60))} min"
+
+
 def cpu_estimate(model: str, img_size: int, batch_size: int, steps: int, epochs: int, n_val: int,
                  threads: int) -> str:
     """A rough time and memory estimate of a CPU run (a ``warning:`` line when it is long or large).
@@ -77,21 +89,15 @@ def cpu_estimate(model: str, img_size: int, batch_size: int, steps: int, epochs:
     a fixed floor, spread over the threads. Memory: the measured peak-RSS growth per image of the batch, scaled
     the same way, plus a fixed part. Constants and how they were measured: above ``CPU_GFLOPS``.
     """
-    area = (img_size / 224) ** 2
-    flops = CPU_GFLOPS.get(model.split(".")[0], CPU_GFLOPS[DEFAULT_MODEL]) / CPU_GFLOPS[DEFAULT_MODEL]
-    per_image = (CPU_S_PER_IMAGE * flops * area + CPU_S_PER_IMAGE_FLOOR) / max(1, threads)
-    seconds = per_image * (steps * batch_size + n_val / 3) * epochs
-    memory_gb = CPU_BASE_GB * max(flops, 0.25) + CPU_GB_PER_IMAGE * flops * area * batch_size
+    seconds, memory_gb, per_image = cpu_cost(model, img_size, batch_size, steps, epochs, n_val, threads)
     try:
         ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
     except (ValueError, OSError, AttributeError):
         ram_gb = float("inf")
-    hours = seconds / 3600
-    took = f"{hours:.0f} h" if hours >= 10 else f"{hours:.1f} h" if hours >= 1 else f"{max(1, round(seconds / 60))} min"
     text = (f"on CPU: {steps} steps x batch {batch_size} x {epochs} epoch(s) at ~{per_image:.2g} s/image on "
-            f"{threads} thread(s) -> about {took}, about {memory_gb:.1f} GB of memory (rough: per-image costs "
-            f"measured for {DEFAULT_MODEL} at 224 px, scaled by GFLOPs and input area)")
-    if hours > 0.5 or memory_gb > 0.8 * ram_gb:
+            f"{threads} thread(s) -> about {duration_text(seconds)}, about {memory_gb:.1f} GB of memory (rough: "
+            f"per-image costs measured for {DEFAULT_MODEL} at 224 px, scaled by GFLOPs and input area)")
+    if seconds / 3600 > 0.5 or memory_gb > 0.8 * ram_gb:
         ram = f"; this machine has {ram_gb:.0f} GB" if ram_gb != float("inf") else ""
         return (f"warning: this is a long or large run {text}{ram}; use a GPU, or try --smoke first "
                 f"(Ctrl-C stops it and prints how to resume)")
@@ -99,6 +105,18 @@ def cpu_estimate(model: str, img_size: int, batch_size: int, steps: int, epochs:
 
 
 # ----------------------------------------------------------------------------------------------- resume and run folders
+def stored_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags of a run as the checkpoint stores them (``args``) and ``args.json`` shows them."""
+    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
+
+
+def write_args_file(savedir: Path, setting: Setting, args: argparse.Namespace) -> None:
+    """``args.json``: the resolved flags, the setting and the project version, sorted, one per line."""
+    record = {"setting": setting.name, "version": project_version(), "args": stored_args(args)}
+    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+    atomic_write(savedir / ARGS_FILE, lambda fh: fh.write(text.encode("utf-8")))
+
+
 def _shown(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
@@ -108,7 +126,7 @@ def _shown(value: Any) -> str:
 def restore_run_args(args: argparse.Namespace, explicit: dict[str, Any], parser: argparse.ArgumentParser) -> None:
     """``--resume``: every flag that shapes the run comes from its checkpoint's ``args``; a flag typed now that
     differs is refused, naming every difference."""
-    path = Path(args.savedir) / CHECKPOINT
+    path = Path(args.savedir) / LAST_CHECKPOINT_FILE
     if not path.is_file():
         raise UserError(f"--resume: {path} does not exist (nothing to resume; drop --resume to start afresh)")
     stored = load_checkpoint(path).get("args") or {}
@@ -130,9 +148,16 @@ def restore_run_args(args: argparse.Namespace, explicit: dict[str, Any], parser:
                         f"start a new run in another --savedir")
 
 
-def resume_command(dataset: str, args: argparse.Namespace, explicit: dict[str, Any], world_size: int) -> str:
-    """The command that continues this run (the run's own flags come back from its checkpoint)."""
-    launcher = ["python"] if world_size == 1 else ["torchrun", f"--nproc_per_node={world_size}"]
+def resume_command(dataset: str, args: argparse.Namespace, explicit: dict[str, Any], info: DistInfo) -> str:
+    """The command that continues this run (the run's own flags come back from its checkpoint), launched as it
+    was: python, torchrun on one machine, or torchrun on every machine of a multi-node run."""
+    if info.world_size == 1:
+        launcher = ["python"]
+    elif info.nnodes == 1:
+        launcher = ["torchrun", f"--nproc_per_node={info.local_world_size}"]
+    else:
+        launcher = ["torchrun", f"--nnodes={info.nnodes}", f"--nproc_per_node={info.local_world_size}",
+                    "--rdzv_backend=c10d", "--rdzv_endpoint=HOST:PORT"]
     cmd = [*launcher, train_script_of(dataset), "--resume", "--savedir", str(args.savedir)]
     for dest in ("data_root", "device", "workers", "amp", "channels_last", "no_figures"):
         if dest in explicit:
@@ -141,7 +166,9 @@ def resume_command(dataset: str, args: argparse.Namespace, explicit: dict[str, A
                 cmd.append(f"--{dest}")
             elif value is not False:
                 cmd += [f"--{dest}", str(value)]
-    return shlex.join(cmd)
+    where = (" (on every machine, with the rendezvous HOST:PORT the run was started with)" if info.nnodes > 1
+             else "")
+    return shlex.join(cmd) + where
 
 
 def earlier_run_files(savedir: Path) -> list[Path]:
@@ -161,3 +188,17 @@ def claim_savedir(savedir: Path, overwrite: bool) -> list[Path]:
                         f"continue that run with --resume, replace it with --overwrite (its files are removed only "
                         f"once the new run has written its first checkpoint), or choose another --savedir")
     return found
+
+
+# ----------------------------------------------------------------------------------------------- checkpoint layout
+def student_config(setting: Setting, model: str, n_seen: int, img_size: int, feature_dim: int,
+                   teacher_model: Optional[str] = None) -> dict[str, Any]:
+    """A checkpoint's ``config``: what rebuilds its student (models.student_from_checkpoint) and what it was for."""
+    return {"setting": setting.name, "model": model, "teacher_model": teacher_model or model, "n_seen": n_seen,
+            "img_size": img_size, "feature_dim": feature_dim}
+
+
+def student_checkpoint(state_dict: dict, config: dict[str, Any], epoch: int, best_acc1: float = 0.0) -> dict[str, Any]:
+    """The part of every checkpoint that the test scripts and the app read; training adds its optimiser, RNG,
+    flags and provenance to it. ``epoch`` is the epoch a resumed run starts with."""
+    return {"epoch": epoch, "state_dict": state_dict, "best_acc1": best_acc1, "config": config}

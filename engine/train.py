@@ -14,33 +14,35 @@ import shutil
 import sys
 import time
 import warnings
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from data.cid_mask import load_cid_mask
 from data.dataset import VAL_FRACTION, ListDataset, holdout_indices
 from data.lists import read_class_file
 from data.registry import SETTINGS, Setting, SettingPaths, get_setting, resolve_paths
 from data.transforms import test_transform, to_model_input, train_transform
-from engine.runs import (BEST, CHECKPOINT, FIGURE, LOG, MACHINE_FLAGS, MOVABLE_FLAGS, TRAINING_LIST_ROLES,
-                         batch_message, batch_rule, claim_savedir, cpu_estimate, restore_run_args, resume_command,
-                         smoke_preset)
+from engine.runs import (MACHINE_FLAGS, MOVABLE_FLAGS, TRAINING_LIST_ROLES, batch_message, batch_rule, claim_savedir,
+                         cpu_estimate, restore_run_args, resume_command, smoke_preset, stored_args, student_checkpoint,
+                         student_config, write_args_file)
 from engine.training_curves import plot_training_curves
 from losses import LOSS_TERM_LABELS, PRIOR_WEIGHT, SEMANTIC_BIAS, SBKAObjective
-from models import SBKAStudent, SBKATeacher, build_student, build_teacher
-from models.sbka import CLASSIFIER_INIT_STD, DEFAULT_MODEL, warn_random_weights
+from models import SBKAStudent, SBKATeacher, build_student, build_teacher, check_model_name
+from models.sbka import CLASSIFIER_INIT_STD, DEFAULT_MODEL, warn_random_weights, weights_source
 from utils.checkpoint import atomic_save, atomic_write, load_checkpoint
 from utils.cli import ArgumentParser, explicit_flags
-from utils.distributed import DistInfo, all_reduce_sum, average_gradients, barrier, cleanup, init_distributed
+from utils.distributed import (DistInfo, GlobalBatchSampler, SharedFailure, all_reduce_sum, average_gradients,
+                               cleanup, collate_or_none, default_workers, init_distributed, raise_if_any_failed)
+from utils import precision
 from utils.errors import UserError
 from utils.progress import progress
 from utils.provenance import list_fingerprint, new_run_id, project_version, state_dict_sha256
+from utils.run_files import BEST_CHECKPOINT_FILE, LAST_CHECKPOINT_FILE, LOG_FILE, TRAINING_CURVES_FILE
 
 DEFAULT_PRETRAINED = "pretrained_model/convnextv2_tiny_1k_224_ema.pt"
 LR_DECAY = 0.001           # lr(e) = base * LR_DECAY ** (e / epochs)
@@ -78,9 +80,19 @@ def build_parser(setting: Setting, dataset: str) -> ArgumentParser:
                    help=setting.data_root_help + (" (no default: required, except that --resume takes the run's)"
                                                   if setting.custom else ""))
     p.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
-                   help="official ConvNeXt-V2 checkpoint, or 'none' for random weights (smoke runs only)")
+                   help="weights of student and teacher: a file (the official ConvNeXt-V2 checkpoint, or a timm-format "
+                        "state dict, loaded strictly), 'timm' (timm's own pretrained weights of --model, from its "
+                        "cache or the Hugging Face Hub), or 'none' for random weights (smoke runs only)")
+    p.add_argument("--teacher_pretrained", default=None,
+                   help="the teacher's weights when they differ from --pretrained (a file, 'timm' or 'none'; "
+                        "default: --pretrained)")
     p.add_argument("--savedir", default=setting.checkpoint_dir, help="run directory (checkpoints, log)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="timm model name")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="the student: any timm ImageNet-1k classifier (e.g. convnextv2_tiny, convnext_tiny, "
+                        "vit_small_patch16_224; a tag such as convnextv2_tiny.fcmae_ft_in1k picks --pretrained timm's "
+                        "weights)")
+    p.add_argument("--teacher_model", default=None,
+                   help="the teacher, a timm classifier of the 1000 ImageNet classes (default: --model)")
     p.add_argument("--img_size", type=int, default=224, help="input size")
     p.add_argument("--epochs", type=int, default=setting.epochs, help="training epochs, warm-up included")
     p.add_argument("--warmup_epochs", type=int, default=setting.warmup_epochs,
@@ -97,15 +109,16 @@ def build_parser(setting: Setting, dataset: str) -> ArgumentParser:
                    help="training augmentation: the released flip/scale/rotation/translation, or none (the demo's "
                         "choice: from random weights on a few thousand images it learns several times faster)")
     p.add_argument("--weight_decay", type=float, default=setting.weight_decay, help="Adam L2 weight decay")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="loader workers per loader")
+    p.add_argument("--workers", type=int, default=None,
+                   help="loader workers per loader (default: this machine's cores shared by its processes, at most 8)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     p.add_argument("--channels_last", action="store_true", help="channels-last memory format")
     p.add_argument("--gpu_normalize", action="store_true",
                    help="loaders send uint8; ToTensor/Normalize run on the device (same values, same draws)")
     p.add_argument("--resume", action="store_true",
-                   help=f"continue the run in <savedir>/{CHECKPOINT} with the flags it was started with; only "
-                        f"{', '.join('--' + f for f in MACHINE_FLAGS[:4] + MOVABLE_FLAGS)} may be given anew")
+                   help=f"continue the run in <savedir>/{LAST_CHECKPOINT_FILE} with the flags it was started with; "
+                        f"only {', '.join('--' + f for f in MACHINE_FLAGS[:4] + MOVABLE_FLAGS)} may be given anew")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in a --savedir that holds another run; that run's files are removed once "
                         "this run has written its first checkpoint")
@@ -125,7 +138,7 @@ def build_parser(setting: Setting, dataset: str) -> ArgumentParser:
                    if setting.val_list_by_default else   # QuickDraw: the released run validates on nothing
                    f"hold out this fraction of each class's training sketches for validation and keep the best "
                    f"epoch (e.g. {VAL_FRACTION}); 0: no validation, all training sketches train and the last "
-                   "epoch is model_best, as in the released run")
+                   f"epoch is {BEST_CHECKPOINT_FILE}, as in the released run")
     if not setting.val_list_by_default:
         p.add_argument("--val_list", action="store_true",
                        help="validate on the split's sketch_test-role list (sketch_filelist_test.txt, "
@@ -138,7 +151,7 @@ def build_parser(setting: Setting, dataset: str) -> ArgumentParser:
                         f"{SEMANTIC_BIAS:g}; 0: no semantic bias)")
     p.add_argument("--detach_reverse_target", action="store_true",
                    help="variant: the reverse loss L_kd(t<-s) does not push the student")
-    p.add_argument("--no_figures", action="store_true", help=f"do not write {FIGURE} (and its PDF)")
+    p.add_argument("--no_figures", action="store_true", help=f"do not write {TRAINING_CURVES_FILE} (and its PDF)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p
 
@@ -149,8 +162,11 @@ def check_args(args: argparse.Namespace) -> None:
             raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     if args.warmup_epochs < 0:
         raise UserError(f"--warmup_epochs must be 0 or more, got {args.warmup_epochs}")
-    if args.workers < 0:
+    if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers must be 0 or more, got {args.workers}")
+    check_model_name(args.model, "--model")
+    if args.teacher_model is not None:
+        check_model_name(args.teacher_model, "--teacher_model")
     for flag in ("max_steps_per_epoch", "max_val_images"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
@@ -238,12 +254,12 @@ def build_data(setting: Setting, paths: SettingPaths, img_size: int, val_fractio
     return TrainData(sketches, photos, val, source, n_seen, names)
 
 
-def make_loader(ds: Dataset, batch: int, info: DistInfo, seed: int, workers: int, pin: bool,
-                shuffle: bool = True) -> tuple[DataLoader, Optional[DistributedSampler]]:
-    """Shuffled, rank-sharded loader (DistributedSampler also gives a seeded, per-epoch order on one process)."""
-    sampler = DistributedSampler(ds, num_replicas=info.world_size, rank=info.rank, shuffle=shuffle, seed=seed)
-    loader = DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers, pin_memory=pin,
-                        drop_last=False)
+def make_loader(ds: Dataset, global_batch: int, info: DistInfo, seed: int, workers: int, pin: bool,
+                shuffle: bool = True) -> tuple[DataLoader, GlobalBatchSampler]:
+    """Shuffled loader of this process's share of each global batch (GlobalBatchSampler: one process draws the
+    released batches; several split each of them). An empty share comes as None."""
+    sampler = GlobalBatchSampler(len(ds), global_batch, info.world_size, info.rank, seed, shuffle)
+    loader = DataLoader(ds, batch_sampler=sampler, num_workers=workers, pin_memory=pin, collate_fn=collate_or_none)
     return loader, sampler
 
 
@@ -256,10 +272,17 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore a checkpoint's generators; CUDA ones only for the devices this machine has.
+
+    A run saved on an 8-GPU node holds 8 CUDA states; on a machine with fewer (or none) the extra ones are
+    skipped. Nothing is lost: a run resumes at an epoch boundary, and :func:`seed_epoch` reseeds every
+    generator (CPU and all CUDA devices) from (seed, epoch, rank) before the epoch's first draw.
+    """
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -334,29 +357,52 @@ class FiniteWatch:
             f"{self.checkpoint} (the last good state) was kept: lower --lr or check the data")
 
 
+@dataclass(frozen=True)
+class BatchShare:
+    """The global batch a process's share belongs to.
+
+    Every loss term is a sum over the process's images divided by a GLOBAL count (all images for L_ce and
+    L_prior, all photos for the two L_kd) over ``world_size``, because DDP averages gradients over processes:
+    the mean over processes is then the term on the whole batch, whatever each process's share.
+    """
+    images: int               # sketches + photos of the global batch
+    photos: int
+    world_size: int = 1
+
+    def denominators(self) -> dict[str, float]:
+        return {"samples": self.images / self.world_size, "photos": self.photos / self.world_size}
+
+
 def step_losses(student: torch.nn.Module, teacher: SBKATeacher, objective: SBKAObjective, x: torch.Tensor,
                 y: torch.Tensor, is_photo: torch.Tensor, cid_mask: Optional[torch.Tensor], bidirectional: bool,
-                autocast) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                autocast, share: Optional[BatchShare] = None, photo_rows: Optional[torch.Tensor] = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The forward passes of one step and the objective on them: (total, terms).
 
     Warm-up: the teacher runs without a graph (nothing of it learns); bidirectional: with one, so the
-    objective's reverse term reaches its head.
+    objective's reverse term reaches its head. ``share``: the global batch ``x`` is a share of (the terms are
+    normalised by its counts); None: ``x`` is the whole batch. ``photo_rows``: the rows of ``x`` that are
+    photos; the teacher then runs on those only (both distillation terms use photos only; the sketch rows get
+    logits 0, which their weight 0 removes), the same losses and gradients for about a third less teacher work
+    on Sketchy.
     """
     with autocast:
         student_outputs = student(x)
-        if bidirectional:
-            teacher_logits = teacher(x)
-        else:
-            with torch.no_grad():
-                teacher_logits = teacher(x)
-    return objective(student_outputs, teacher_logits, y, is_photo, cid_mask, bidirectional)
+        teacher_input = x if photo_rows is None else x.index_select(0, photo_rows)
+        with torch.enable_grad() if bidirectional else torch.no_grad():
+            teacher_logits = teacher(teacher_input)
+    if photo_rows is not None:
+        teacher_logits = teacher_logits.new_zeros(len(x), teacher_logits.shape[1]).index_copy(
+            0, photo_rows, teacher_logits)
+    return objective(student_outputs, teacher_logits, y, is_photo, cid_mask, bidirectional,
+                     **(share.denominators() if share is not None else {}))
 
 
 def initial_student(model: str, n_seen: int, pretrained: Optional[str], classifier_std: float,
-                    seed: int) -> SBKAStudent:
+                    seed: int, img_size: int = 224) -> SBKAStudent:
     """The student a run starts from: its new classifier (and a random backbone) depend on ``seed`` only."""
     torch.manual_seed(seed)
-    return build_student(model, n_seen, pretrained, classifier_std)
+    return build_student(model, n_seen, pretrained, classifier_std, img_size)
 
 
 class Trainer:
@@ -368,6 +414,26 @@ class Trainer:
         self.demo = demo        # the demo said what it is once: no warnings about its random weights or CPU time
         self.savedir = Path(args.savedir)
         self.is_main = info.is_main
+        with SharedFailure(info):    # a missing file or a bad list on one machine stops every process
+            student = self.build(args, setting, info, device)
+        self.student_module: SBKAStudent = student
+        self.student = (DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+                        if info.enabled else student)
+        self.teacher_lr = args.teacher_lr if args.teacher_lr is not None else args.lr * setting.teacher_lr_scale
+        self.opt_student = torch.optim.Adam(student.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        self.opt_teacher = torch.optim.Adam(self.teacher.head_parameters(), lr=self.teacher_lr,
+                                            weight_decay=args.weight_decay)
+        self.start_epoch, self.best_acc1 = 0, 0.0
+        self.use_amp = bool(args.amp and device.type == "cuda")
+        if device.type == "cuda":
+            precision.released_training_numerics()
+        # how often the loss is checked for NaN/inf: each step on CPU (no cost), every 10 on CUDA (a sync)
+        self.finite_check_every = 10 if device.type == "cuda" else 1
+        if args.amp and device.type != "cuda" and self.is_main:
+            print("note: --amp has effect on CUDA only; running in fp32", file=sys.stderr)
+
+    def build(self, args: argparse.Namespace, setting: Setting, info: DistInfo, device: torch.device) -> SBKAStudent:
+        """Data, loaders, student and teacher of the run (every process; nothing collective yet)."""
         # a fresh run: the earlier run's files, removed once this run has its first checkpoint (--overwrite)
         self.earlier_files = [] if args.resume else claim_savedir(self.savedir, args.overwrite)
         self.run_id = new_run_id()          # a resume takes the run's own id from its checkpoint
@@ -381,16 +447,13 @@ class Trainer:
                          if setting.use_cid_mask else None)
         self.objective = SBKAObjective(args.prior_weight, args.semantic_bias, args.detach_reverse_target)
 
+        # the released global batch on any process count: each process takes its share of every global batch
         n_sk, n_ph = setting.split_batch(args.batch_size)
-        if n_sk % info.world_size or n_ph % info.world_size:
-            raise UserError(f"--batch_size {args.batch_size} splits into {n_sk} sketches + {n_ph} photos, which "
-                            f"do not divide evenly over {info.world_size} processes")
         self.batch_split = (n_sk, n_ph)
         pin = device.type == "cuda"
-        self.sketch_loader, self.sketch_sampler = make_loader(
-            self.data.sketches, n_sk // info.world_size, info, args.seed, args.workers, pin)
-        self.photo_loader, self.photo_sampler = make_loader(
-            self.data.photos, n_ph // info.world_size, info, args.seed + 1, args.workers, pin)
+        workers = args.workers if args.workers is not None else default_workers(info)
+        self.sketch_loader, self.sketch_sampler = make_loader(self.data.sketches, n_sk, info, args.seed, workers, pin)
+        self.photo_loader, self.photo_sampler = make_loader(self.data.photos, n_ph, info, args.seed + 1, workers, pin)
         self.val_loader, self.n_val = None, 0
         if self.data.val is not None:
             n_all = len(self.data.val)
@@ -399,37 +462,33 @@ class Trainer:
             self.n_val = len(chosen)
             shard = Subset(self.data.val, chosen[info.rank::info.world_size])
             self.val_loader = DataLoader(shard, batch_size=max(1, n_ph // info.world_size),
-                                         num_workers=args.workers, pin_memory=pin)
+                                         num_workers=workers, pin_memory=pin)
 
-        pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
-        if pretrained is None and not self.demo:
+        teacher_pretrained = self.teacher_pretrained
+        if "none" in (str(args.pretrained).lower(), str(teacher_pretrained).lower()) and not self.demo:
             warn_random_weights()
-        student = initial_student(args.model, self.data.n_seen, pretrained, args.classifier_init_std, args.seed)
+        student = initial_student(args.model, self.data.n_seen, args.pretrained, args.classifier_init_std, args.seed,
+                                  args.img_size)
         torch.manual_seed(args.seed + 1)
-        self.teacher = build_teacher(args.model, pretrained)
-        memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-        student.to(device, memory_format=memory_format)
-        self.teacher.to(device, memory_format=memory_format)
+        self.teacher = build_teacher(self.teacher_model, teacher_pretrained, args.img_size)
+        self.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+        student.to(device, memory_format=self.memory_format)
+        self.teacher.to(device, memory_format=self.memory_format)
         self.teacher.eval()  # LayerNorm only and drop path 0: train/eval behave alike; eval keeps it explicit
-        self.student_module: SBKAStudent = student
-        self.student = (DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
-                        if info.enabled else student)
-        self.teacher_lr = args.teacher_lr if args.teacher_lr is not None else args.lr * setting.teacher_lr_scale
-        self.opt_student = torch.optim.Adam(student.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-        self.opt_teacher = torch.optim.Adam(self.teacher.head_parameters(), lr=self.teacher_lr,
-                                            weight_decay=args.weight_decay)
-        self.start_epoch, self.best_acc1 = 0, 0.0
-        self.memory_format = memory_format
-        self.use_amp = bool(args.amp and device.type == "cuda")
-        # how often the loss is checked for NaN/inf: each step on CPU (no cost), every 10 on CUDA (a sync)
-        self.finite_check_every = 10 if device.type == "cuda" else 1
-        if args.amp and device.type != "cuda" and self.is_main:
-            print("note: --amp has effect on CUDA only; running in fp32", file=sys.stderr)
+        return student
 
     # -- checkpointing
+    @property
+    def teacher_model(self) -> str:
+        return self.args.teacher_model or self.args.model
+
+    @property
+    def teacher_pretrained(self) -> str:
+        return self.args.pretrained if self.args.teacher_pretrained is None else self.args.teacher_pretrained
+
     def config(self) -> dict[str, Any]:
-        return {"setting": self.setting.name, "model": self.args.model, "n_seen": self.data.n_seen,
-                "img_size": self.args.img_size, "feature_dim": self.student_module.feature_dim}
+        return student_config(self.setting, self.args.model, self.data.n_seen, self.args.img_size,
+                              self.student_module.feature_dim, self.teacher_model)
 
     def provenance(self, next_epoch: int, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
         """What made the checkpoint (utils/provenance.py): the contract the test scripts read."""
@@ -442,20 +501,17 @@ class Trainer:
     def state(self, next_epoch: int) -> dict[str, Any]:
         state_dict = self.student_module.state_dict()
         return {
-            "epoch": next_epoch,  # the epoch a resumed run starts with
-            "state_dict": state_dict,
+            **student_checkpoint(state_dict, self.config(), next_epoch, self.best_acc1),
             "teacher_head": self.teacher.head().state_dict(),
-            "best_acc1": self.best_acc1,
             "optimizer": self.opt_student.state_dict(),
             "optimizer_1": self.opt_teacher.state_dict(),
             "rng": rng_state(),
-            "config": self.config(),
-            "args": {k: v for k, v in vars(self.args).items() if isinstance(v, (str, int, float, bool, type(None)))},
+            "args": stored_args(self.args),
             "provenance": self.provenance(next_epoch, state_dict),
         }
 
     def resume(self) -> None:
-        path = self.savedir / CHECKPOINT
+        path = self.savedir / LAST_CHECKPOINT_FILE
         if not path.is_file():
             raise UserError(f"--resume: {path} does not exist (nothing to resume; drop --resume to start afresh)")
         ckpt = load_checkpoint(path)
@@ -486,7 +542,8 @@ class Trainer:
             set_rng_state(ckpt["rng"])
         if self.is_main:
             print(f"resumed from {path}: continuing at epoch {self.start_epoch}")
-            rewrite_log(self.savedir / LOG, self.start_epoch)
+            rewrite_log(self.savedir / LOG_FILE, self.start_epoch)
+            write_args_file(self.savedir, self.setting, self.args)
 
     def save(self, epoch: int, val_top1: Optional[float]) -> None:
         """Checkpoint after ``epoch``; copy it to model_best when top-1 beats every earlier epoch (warm-up
@@ -497,25 +554,31 @@ class Trainer:
         if improved:
             self.best_acc1 = val_top1
         improved = improved and bidirectional
-        if not self.is_main:
-            return
-        ckpt = self.savedir / CHECKPOINT
-        atomic_save(self.state(epoch + 1), ckpt)
+        with SharedFailure(self.info):          # process 0 writes; a failed write stops every process
+            if self.is_main:
+                self.write_checkpoints(epoch, improved, bidirectional)
         self.epochs_done = epoch + 1
+
+    def write_checkpoints(self, epoch: int, improved: bool, bidirectional: bool) -> None:
+        ckpt = self.savedir / LAST_CHECKPOINT_FILE
+        atomic_save(self.state(epoch + 1), ckpt)
         self.remove_earlier_run()
+        if epoch == self.start_epoch and not self.args.resume:   # --overwrite keeps the earlier run's till now
+            write_args_file(self.savedir, self.setting, self.args)
         last = epoch == self.args.epochs - 1
         if improved or (bidirectional and self.data.val is None):
-            copy_atomic(ckpt, self.savedir / BEST)
-        elif last and not (self.savedir / BEST).exists():
-            print(f"note: no epoch after warm-up beat the warm-up's best top-1; {BEST} = the last epoch")
-            copy_atomic(ckpt, self.savedir / BEST)
+            copy_atomic(ckpt, self.savedir / BEST_CHECKPOINT_FILE)
+        elif last and not (self.savedir / BEST_CHECKPOINT_FILE).exists():
+            print(f"note: no epoch after warm-up beat the warm-up's best top-1; {BEST_CHECKPOINT_FILE} = the last "
+                  "epoch")
+            copy_atomic(ckpt, self.savedir / BEST_CHECKPOINT_FILE)
 
     def remove_earlier_run(self) -> None:
         """--overwrite: the earlier run's files go once this run has written its first checkpoint."""
         if not self.earlier_files:
             return
         for f in self.earlier_files:
-            if f.name != CHECKPOINT:   # that one this run has just replaced
+            if f.name != LAST_CHECKPOINT_FILE:   # that one this run has just replaced
                 f.unlink(missing_ok=True)
         print(f"note: --overwrite: this run has written its first checkpoint, so the earlier run's files in "
               f"{self.savedir} are gone ({', '.join(f.name for f in self.earlier_files)})")
@@ -531,21 +594,35 @@ class Trainer:
             g["lr"] = lr_t
         return lr_s, lr_t
 
-    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Sketch and photo batches side by side, concatenated and shuffled; ends with the shorter loader.
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, BatchShare, torch.Tensor]]:
+        """This process's share of each step's sketches and photos, concatenated and shuffled, with the global
+        counts the loss terms are normalised by; ends with the shorter loader.
 
         Each half goes to the device as it comes from its loader (pinned memory on CUDA, so the copies are
         asynchronous), and the concatenation and shuffle run there: the main process never copies a whole
-        batch on the CPU. The shuffle draws ``torch.randperm`` from the CPU generator, as before, so a seed
-        gives the same order on every device.
+        batch on the CPU. The shuffle draws ``torch.randperm`` from the CPU generator, so a seed gives the same
+        order on every device. With more processes than a half's global count, a share of it is empty. The
+        rows that hold photos come last, found from the CPU permutation (no device synchronisation).
         """
-        for (sk, sk_y), (ph, ph_y) in zip(self.sketch_loader, self.photo_loader):
+        sizes = zip(self.sketch_sampler.global_sizes(), self.photo_sampler.global_sizes())
+        for sketches, photos, (n_sk, n_ph) in zip(self.sketch_loader, self.photo_loader, sizes):
+            sk, sk_y = sketches if sketches is not None else self.empty_half()
+            ph, ph_y = photos if photos is not None else self.empty_half()
             x = torch.cat([to_model_input(sk, self.device, torch.contiguous_format, self.args.gpu_normalize),
                            to_model_input(ph, self.device, torch.contiguous_format, self.args.gpu_normalize)])
             y = torch.cat([sk_y, ph_y]).to(self.device, non_blocking=True)
             is_photo = torch.cat([torch.zeros(len(sk)), torch.ones(len(ph))]).to(self.device, non_blocking=True)
-            perm = torch.randperm(len(x)).to(self.device, non_blocking=True)
-            yield x[perm].contiguous(memory_format=self.memory_format), y[perm], is_photo[perm]
+            order = torch.randperm(len(x))
+            photo_rows = torch.nonzero(order >= len(sk)).squeeze(1).to(self.device, non_blocking=True)
+            perm = order.to(self.device, non_blocking=True)
+            share = BatchShare(images=n_sk + n_ph, photos=n_ph, world_size=self.info.world_size)
+            yield x[perm].contiguous(memory_format=self.memory_format), y[perm], is_photo[perm], share, photo_rows
+
+    def empty_half(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """An empty share of one half, shaped as the loader's batches (uint8 with --gpu_normalize)."""
+        size = self.args.img_size
+        dtype = torch.uint8 if self.args.gpu_normalize else torch.float32
+        return torch.empty(0, 3, size, size, dtype=dtype), torch.empty(0, dtype=torch.long)
 
     def steps_per_epoch(self) -> int:
         n = min(len(self.sketch_loader), len(self.photo_loader))
@@ -557,23 +634,25 @@ class Trainer:
         self.student.train()
         self.teacher.eval()
         n_steps = self.steps_per_epoch()
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.use_amp else nullcontext())
+        if n_steps == 0:
+            raise UserError("an epoch had no steps: a training list is empty")
+        autocast = precision.autocast(self.device, self.use_amp)
         sums: dict[str, torch.Tensor] = {}
         images = 0
         start = time.perf_counter()
         bar = progress(total=n_steps, desc=f"epoch {epoch} {'bidirectional' if bidirectional else 'warm-up'}",
                        unit="step", disable=not self.is_main, file=sys.stdout)
-        done = 0
-        watch = FiniteWatch(self.savedir / CHECKPOINT)
-        for x, y, is_photo in self.batches():
-            if done >= n_steps:
-                break
-            step = done
+        watch = FiniteWatch(self.savedir / LAST_CHECKPOINT_FILE)
+        batches = self.batches()
+        for step in range(n_steps):
+            # before the step's collectives: an unreadable image or a non-finite loss on any process stops all
+            with SharedFailure(self.info):
+                if step and (step - 1) % self.finite_check_every == 0:
+                    watch.check(epoch)
+                x, y, is_photo, share, photo_rows = next(batches)
             total, terms = step_losses(self.student, self.teacher, self.objective, x, y, is_photo, self.cid_mask,
-                                       bidirectional, autocast)
+                                       bidirectional, autocast, share, photo_rows)
             watch.record(step, total, terms)
-            if step % self.finite_check_every == 0 or step == n_steps - 1:
-                watch.check(epoch)
             self.opt_student.zero_grad(set_to_none=True)
             self.opt_teacher.zero_grad(set_to_none=True)
             total.backward()
@@ -584,22 +663,21 @@ class Trainer:
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.detach()
             sums["loss_total"] = sums.get("loss_total", 0.0) + total.detach()
-            images += len(x) * self.info.world_size
+            images += share.images
             if self.is_main and (step % 10 == 0 or step == n_steps - 1):
                 elapsed = time.perf_counter() - start
                 bar.set_postfix({k.removeprefix("loss_"): f"{(v / (step + 1)).item():.3f}" for k, v in sums.items()}
                                 | {"img/s": f"{images / max(elapsed, 1e-9):.1f}"})
             bar.update(1)
-            done += 1
         bar.close()
-        watch.check(epoch)
-        if done == 0:
-            raise UserError("an epoch had no steps: a training list is shorter than one batch share per process")
-        stats = torch.stack(list(sums.values())).float() / done
+        with SharedFailure(self.info):
+            watch.check(epoch)
+        # each process's terms are world_size x its share of the global batch's terms: their mean is the term
+        stats = torch.stack(list(sums.values())).float() / n_steps
         stats = all_reduce_sum(stats.to(self.device), self.info) / self.info.world_size
         elapsed = time.perf_counter() - start
         out = {k: float(v) for k, v in zip(sums.keys(), stats.tolist())}
-        out.update(steps=done, time_s=elapsed, images_per_s=images / max(elapsed, 1e-9))
+        out.update(steps=n_steps, time_s=elapsed, images_per_s=images / max(elapsed, 1e-9))
         return out
 
     @torch.no_grad()
@@ -609,15 +687,16 @@ class Trainer:
             return None
         self.student.eval()
         counts = torch.zeros(2, device=self.device)
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.use_amp else nullcontext())
-        for x, y in progress(self.val_loader, desc="validate", unit="batch", disable=not self.is_main, leave=False,
-                             file=sys.stdout):
-            x = to_model_input(x, self.device, self.memory_format, self.args.gpu_normalize)
-            y = y.to(self.device, non_blocking=True)
-            with autocast:
-                seen_logits = self.student_module(x)[0]
-            counts[0] += (seen_logits.argmax(1) == y).sum()
-            counts[1] += len(y)
+        autocast = precision.autocast(self.device, self.use_amp)
+        with SharedFailure(self.info):          # an unreadable validation image on one process stops all
+            for x, y in progress(self.val_loader, desc="validate", unit="batch", disable=not self.is_main,
+                                 leave=False, file=sys.stdout):
+                x = to_model_input(x, self.device, self.memory_format, self.args.gpu_normalize)
+                y = y.to(self.device, non_blocking=True)
+                with autocast:
+                    seen_logits = self.student_module(x)[0]
+                counts[0] += (seen_logits.argmax(1) == y).sum()
+                counts[1] += len(y)
         all_reduce_sum(counts, self.info)
         return float(100.0 * counts[0] / counts[1].clamp_min(1))
 
@@ -629,7 +708,9 @@ class Trainer:
         print(f"SBKA training on {self.setting.name}: {len(d.sketches)} sketches, {len(d.photos)} photos, "
               f"{d.n_seen} seen classes; {batch_message(self.setting, a.batch_size)}, over "
               f"{self.info.world_size} process(es); {self.steps_per_epoch()} steps/epoch")
-        print(f"model {a.model} ({'random weights' if str(a.pretrained).lower() == 'none' else a.pretrained}), "
+        print(f"student {a.model} ({weights_source(a.model, a.pretrained)}), teacher {self.teacher_model} "
+              f"({weights_source(self.teacher_model, self.teacher_pretrained)}), {self.student_module.feature_dim}-d "
+              f"features, "
               f"{a.epochs} epochs, warm-up epochs 0..{a.warmup_epochs - 1}, lr {a.lr:g} (teacher {self.teacher_lr:g}), "
               f"device {self.device}{', bf16 autocast' if self.use_amp else ''}"
               f"{', channels_last' if a.channels_last else ''}; validation: {d.val_source}"
@@ -642,10 +723,12 @@ class Trainer:
 
     def fit(self) -> None:
         args = self.args
-        if self.is_main:
-            self.savedir.mkdir(parents=True, exist_ok=True)
+        with SharedFailure(self.info):
+            if self.is_main:
+                self.savedir.mkdir(parents=True, exist_ok=True)
         if args.resume:
-            self.resume()
+            with SharedFailure(self.info):      # e.g. a checkpoint missing on one machine's copy
+                self.resume()
         self.describe()
         for epoch in range(self.start_epoch, args.epochs):
             seed_epoch(args.seed, epoch, self.info.rank)
@@ -655,38 +738,42 @@ class Trainer:
             stats = self.train_one_epoch(epoch)
             top1 = self.validate()
             self.save(epoch, top1)
-            if self.is_main:
-                record = {"epoch": epoch, "phase": "bidirectional" if epoch >= args.warmup_epochs else "warmup",
-                          "lr": lr_s, "teacher_lr": lr_t, "loss_reverse": None, **stats, "val_top1_pct": top1,
-                          "best_top1_pct": self.best_acc1}
-                with open(self.savedir / LOG, "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
-                top = f"{top1:.2f}%" if top1 is not None else "n/a"
-                print(f"epoch {epoch}: loss {stats['loss_total']:.4f}, val top-1 {top}, "
-                      f"{stats['images_per_s']:.1f} img/s, {stats['time_s']:.1f}s", flush=True)
-                self.figures()
-            barrier(self.info)
+            with SharedFailure(self.info):      # also the end-of-epoch barrier
+                if self.is_main:
+                    self.log_epoch(epoch, lr_s, lr_t, stats, top1)
         if self.is_main:
-            print(f"done: {self.savedir / CHECKPOINT}, {self.savedir / BEST}, {self.savedir / LOG}")
+            print(f"done: {self.savedir / LAST_CHECKPOINT_FILE}, {self.savedir / BEST_CHECKPOINT_FILE}, "
+                  f"{self.savedir / LOG_FILE}")
+
+    def log_epoch(self, epoch: int, lr_s: float, lr_t: float, stats: dict[str, float], top1: Optional[float]) -> None:
+        record = {"epoch": epoch, "phase": "bidirectional" if epoch >= self.args.warmup_epochs else "warmup",
+                  "lr": lr_s, "teacher_lr": lr_t, "loss_reverse": None, **stats, "val_top1_pct": top1,
+                  "best_top1_pct": self.best_acc1}
+        with open(self.savedir / LOG_FILE, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        top = f"{top1:.2f}%" if top1 is not None else "n/a"
+        print(f"epoch {epoch}: loss {stats['loss_total']:.4f}, val top-1 {top}, "
+              f"{stats['images_per_s']:.1f} img/s, {stats['time_s']:.1f}s", flush=True)
+        self.figures()
 
     def figures(self) -> None:
         if self.args.no_figures:
             return
-        plot_training_curves(self.savedir / LOG, self.savedir / FIGURE, self.objective.term_weights(),
-                             LOSS_TERM_LABELS, self.data.n_seen)
+        plot_training_curves(self.savedir / LOG_FILE, self.savedir / TRAINING_CURVES_FILE,
+                             self.objective.term_weights(), LOSS_TERM_LABELS, self.data.n_seen)
 
 
 def interrupted_message(dataset: str, args: argparse.Namespace, explicit: dict[str, Any],
-                        trainer: Optional[Trainer], world_size: int) -> str:
+                        trainer: Optional[Trainer], info: DistInfo) -> str:
     """Ctrl-C: one line, with the exact command that continues the run when it has a checkpoint."""
-    ckpt = Path(args.savedir) / CHECKPOINT
+    ckpt = Path(args.savedir) / LAST_CHECKPOINT_FILE
     if not args.resume and (trainer is None or trainer.epochs_done == 0):
         kept = " (the earlier run's files are untouched)" if args.overwrite else ""
         return (f"interrupted before this run's first checkpoint: nothing was written{kept}; "
                 f"start it again with the same command")
     done = f" ({trainer.epochs_done} epoch(s) done)" if trainer is not None else ""
     return f"interrupted: {ckpt} holds the run{done}; resume it with: " + resume_command(
-        dataset, args, explicit, world_size)
+        dataset, args, explicit, info)
 
 
 def main(dataset: str, argv: Optional[Sequence[str]] = None, *, demo: bool = False) -> None:
@@ -702,7 +789,7 @@ def main(dataset: str, argv: Optional[Sequence[str]] = None, *, demo: bool = Fal
         trainer = Trainer(args, setting, info, device, demo=demo)
         trainer.fit()
     except KeyboardInterrupt:
-        raise KeyboardInterrupt(interrupted_message(dataset, args, explicit, trainer, info.world_size)) from None
+        raise KeyboardInterrupt(interrupted_message(dataset, args, explicit, trainer, info)) from None
     finally:
         cleanup(info)
 

@@ -74,12 +74,13 @@ def plot_training_curves(log_path: str | Path, out_png: str | Path, term_weights
     """
     records = read_training_log(log_path)
     epochs = np.array([float(r["epoch"]) for r in records])
-    present = {k for r in records for k in r}
+    present = {k for k in {k for r in records for k in r} if not np.isnan(_values(records, k)).all()}
     losses = [k for k in [TOTAL, *term_weights] if k in present]
     losses += sorted(k for k in present if k.startswith("loss_") and k not in losses)
     marker = "o" if len(records) <= MARKER_MAX_POINTS else None
     split = warmup_end(records)
-    with figure_files(out_png, 13.5, 3.9) as fig:
+    with figure_files(out_png, 13.5, 5.2) as fig:
+        fig.set_layout_engine("constrained")
         ax_loss, ax_val, ax_lr = fig.subplots(1, 3)
         for key in losses:
             if key == TOTAL:
@@ -112,11 +113,14 @@ def plot_training_curves(log_path: str | Path, out_png: str | Path, term_weights
         lo, hi = epochs.min(), epochs.max()
         for ax in (ax_loss, ax_val, ax_lr):
             ax.set_xlim(lo - 0.5, hi + 0.5)
-            ax.xaxis.get_major_locator().set_params(integer=True)
+            if len(epochs) <= 15:
+                ax.set_xticks(epochs)                     # every epoch, and no fractional ticks on short logs
+            else:
+                ax.xaxis.get_major_locator().set_params(integer=True)
             if split is not None:
                 ax.axvline(split, color="0.55", linestyle="--", linewidth=1)
                 ax.text(split, 1.0, " warm-up ends", transform=ax.get_xaxis_transform(), va="top", ha="left",
                         fontsize=7, color="0.35")
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(loc="best", framealpha=0.9)
-        fig.tight_layout()
+            if ax.get_legend_handles_labels()[0]:       # under the panel: a legend never hides a curve
+                ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1,
+                          frameon=False)

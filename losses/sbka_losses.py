@@ -17,7 +17,8 @@ SEMANTIC_BIAS = 0.3    # weight of the cid_mask row added to the target logits o
 
 # What each logged term is (the training-curve figure's legend).
 LOSS_TERM_LABELS = {"loss_ce": "ce: seen-class cross-entropy", "loss_kd": "kd: student \u2190 teacher",
-                    "loss_prior": "prior: Gaussian KL", "loss_reverse": "reverse kd: teacher \u2190 student"}
+                    "loss_prior": "prior: Gaussian KL",
+                    "loss_reverse": "reverse kd: teacher \u2190 student (after warm-up)"}
 
 Count = Union[int, float, torch.Tensor]
 

@@ -15,7 +15,6 @@ from utils.checkpoint import atomic_write
 from utils.errors import UserError
 from utils.safe_pickle import safe_load
 
-FEATURES_FILE = "features_zero.pickle"
 # Protocol 4 is what Python 3.8+ writes by default and every Python 3 reader loads; arrays pickled by
 # NumPy 2 name numpy._core, which NumPy >= 1.26 and 2.x resolve.
 PICKLE_PROTOCOL = 4

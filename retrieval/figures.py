@@ -28,6 +28,8 @@ FRAME_PT = 4.5                  # frame line width (points); the mark beside the
 CAPTION_LINES = 2
 CAPTION_CHARS = 15              # characters per caption line that fit under a tile at the caption's size
 
+LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D")
 # path -> RGB image; raises FileNotFoundError / OSError (PIL.UnidentifiedImageError is one) when unreadable
 ImageLoader = Callable[[Path], Image.Image]
 
@@ -44,9 +46,12 @@ def write_pr_figure(curves: Mapping[str, QueryMetrics], out_png: Path, label: st
     """Mean-over-queries interpolated precision against recall, one line per ranking (PNG + PDF)."""
     with figure_files(out_png, 6.4, 5.0) as fig:
         ax = fig.subplots()
-        for name, metrics in curves.items():
+        for i, (name, metrics) in enumerate(curves.items()):
             recall, precision = metrics.pr_curve()
-            ax.plot(recall, precision, marker="o" if len(recall) <= 40 else None, markersize=3, label=name)
+            # line styles and markers differ too, so that a curve on top of another leaves it visible
+            ax.plot(recall, precision, linestyle=LINE_STYLES[i % len(LINE_STYLES)], label=name,
+                    marker=MARKERS[i % len(MARKERS)] if len(recall) <= 40 else None, markersize=4 - i % 2,
+                    linewidth=1.6)
         ax.set(xlim=(-0.02, 1.02), ylim=(0, 1.02), xlabel="recall", ylabel="precision")
         ax.set_title(pr_title(label, curves), fontsize=8.5)
         if curves:
@@ -104,7 +109,7 @@ class ExamplesLayout:
     n_results: int
     labelled: bool          # a band above each row names its ranking
     tile: float = 0.9
-    gap: float = 0.07       # between tiles
+    gap: float = 0.12       # between tiles (frames of neighbours stay apart)
     query_gap: float = 0.2  # extra space between the query and its results
     caption: float = 0.32   # class name (and mark) under each tile: never on the picture
     header: float = 0.26    # column headings

@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 from retrieval.metrics import METRIC_KEYS
 from utils.checkpoint import atomic_write
+from utils.run_files import RESULTS_FILE, RESULTS_MARKDOWN_FILE
 
 AVERAGINGS = ("per_class", "per_query")
 AVERAGING_NOTE = ("per class = mean over classes of the mean over each class's queries (SBKA's test script); "
@@ -168,5 +169,5 @@ def _write_text(path: Path, text: str) -> None:
 def write_results(out_dir: Path, results: dict[str, Any], ctx: ReportContext) -> None:
     """``results.json`` (the schema of issue 3) and ``results.md`` in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_text(out_dir / "results.json", json.dumps(_json_safe(results), indent=2) + "\n")
-    _write_text(out_dir / "results.md", markdown_report(results, ctx))
+    _write_text(out_dir / RESULTS_FILE, json.dumps(_json_safe(results), indent=2) + "\n")
+    _write_text(out_dir / RESULTS_MARKDOWN_FILE, markdown_report(results, ctx))

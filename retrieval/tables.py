@@ -26,8 +26,8 @@ from retrieval.report import results_kind
 from utils.checkpoint import atomic_write
 from utils.errors import UserError, run_cli
 from utils.cli import ArgumentParser
+from utils.run_files import RESULTS_FILE
 
-RESULTS_FILE = "results.json"
 PUBLISHED_CSV = Path(__file__).with_name("published_results.csv")
 # Column groups in the paper's order, with the names its table uses.
 SETTING_LABELS = {"sketchy/zeroshot1": "Sketchy Ext", "sketchy/zeroshot2": "Sketchy Ext split",
@@ -283,7 +283,7 @@ def csv_table(rows: list[Row]) -> str:
 # ----------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m retrieval.tables",
-                       description="Assemble the paper's table from the test scripts' results.json files.")
+                       description=f"Assemble the paper's table from the test scripts' {RESULTS_FILE} files.")
     p.add_argument("--runs", default="checkpoint", help=f"folder searched (recursively) for {RESULTS_FILE}")
     p.add_argument("--out", default=None, help="where table.md, table.tex, table.csv go (default: --runs)")
     p.add_argument("--per_query", action="store_true",

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from models import build_teacher, load_official_checkpoint
+from models import build_teacher, load_pretrained_file
 from models.checkpoint_mapping import timm_to_official
 from models.sbka import _backbone
 from utils.checkpoint import atomic_save, load_checkpoint
@@ -41,7 +41,7 @@ def test_missing_key_is_named(official, tmp_path):
     path = tmp_path / "broken.pt"
     torch.save({"model": broken}, path)
     with pytest.raises(UserError, match=r"lacks key 'stages\.2\.blocks\.1\.mlp\.grn\.bias'"):
-        load_official_checkpoint(_backbone("convnextv2_atto"), path)
+        load_pretrained_file(_backbone("convnextv2_atto"), path)
 
 
 def test_unexpected_key_is_named(official, tmp_path):
@@ -49,13 +49,13 @@ def test_unexpected_key_is_named(official, tmp_path):
     path = tmp_path / "extra.pt"
     torch.save({"model": {**sd, "stages.0.0.extra": torch.zeros(1)}}, path)
     with pytest.raises(UserError, match=r"unexpected key 'stages\.0\.blocks\.0\.extra'"):
-        load_official_checkpoint(_backbone("convnextv2_atto"), path)
+        load_pretrained_file(_backbone("convnextv2_atto"), path)
 
 
 def test_wrong_model_size_is_a_shape_error(official):
     _, _, path = official
     with pytest.raises(UserError, match=r"has shape .*does --model match"):
-        load_official_checkpoint(_backbone("convnextv2_femto"), path)
+        load_pretrained_file(_backbone("convnextv2_femto"), path)
 
 
 class _Evil:
@@ -70,12 +70,12 @@ def test_code_running_checkpoint_is_refused(tmp_path):
     with pytest.raises(UserError, match="not a weights-only checkpoint"):
         load_checkpoint(path)
     with pytest.raises(UserError, match="cannot be read safely"):
-        load_official_checkpoint(_backbone("convnextv2_atto"), path)
+        load_pretrained_file(_backbone("convnextv2_atto"), path)
 
 
 def test_missing_pretrained_file_points_to_readme(tmp_path):
     with pytest.raises(UserError, match=r"does not exist: download convnextv2_tiny_1k_224_ema\.pt .*--pretrained none"):
-        load_official_checkpoint(_backbone("convnextv2_atto"), tmp_path / "nope.pt")
+        load_pretrained_file(_backbone("convnextv2_atto"), tmp_path / "nope.pt")
 
 
 def test_atomic_save_keeps_previous_file_when_writing_fails(tmp_path):

@@ -16,9 +16,10 @@ from data import check as data_check
 from data import demo as data_demo
 from data import from_folders as data_from_folders
 from data.registry import SETTINGS
+from engine import check as engine_check
 from engine import demo as engine_demo
-from engine import train
-from retrieval import evaluate, tables
+from engine import evaluate, train
+from retrieval import tables
 from utils.checkpoint import atomic_write
 from utils.cli import ArgumentParser, explicit_flags
 from utils.progress import LineProgress, progress
@@ -34,6 +35,7 @@ def _parsers():
     yield "engine.demo", engine_demo.build_parser()
     yield "data.demo", data_demo.build_parser()
     yield "data.check", data_check.build_parser()
+    yield "engine.check", engine_check.build_parser()
     yield "data.from_folders", data_from_folders.build_parser()
     yield "retrieval.tables", tables.build_parser()
     yield "search_app.py", runpy.run_path(str(ROOT / "search_app.py"))["build_parser"]()
@@ -134,3 +136,15 @@ def test_a_typo_flag_is_one_error_line():
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == ["error: unrecognized arguments: --digts 2 (did you mean --digits instead of "
                                         "--digts?) (`python -m retrieval.tables --help` lists the flags)"]
+
+
+@pytest.mark.parametrize("given, expected", [({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"),
+                                             ({"GOMP_SPINCOUNT": "300000"}, None)])
+def test_idle_openmp_threads_sleep_unless_the_user_chose(given, expected):
+    """Importing any package of the project (here the dataset check's, the first import of its entry point) sets
+    OMP_WAIT_POLICY=PASSIVE before torch can load, and leaves a user's choice alone."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = "import os, sys, data.check; print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, **given}, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.split() == [str(expected), "False"], proc.stderr

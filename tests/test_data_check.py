@@ -1,4 +1,5 @@
-"""``python -m data.check``: every check passes on a good tree and fails for its own reason on a bad one."""
+"""``python -m data.check`` (the data checks) and ``python -m engine.check`` (those plus the pretrained checkpoint
+and the feature files): every check passes on a good tree and fails for its own reason on a bad one."""
 import pickle
 import re
 import shutil
@@ -10,19 +11,27 @@ import torch
 
 from data import check
 from data.registry import SAKE_NAMES, TUBERLIN_NAMES, get_setting, resolve_paths
+from engine import check as full_check
 from tests.fixtures import make_tree
 from models.checkpoint_mapping import timm_to_official
 from models.sbka import _backbone
 from retrieval.feature_io import FeatureSet, save_features
 from utils.errors import UserError
+from utils.run_files import FEATURES_FILE
 
 
 def run(data_root: Path, tmp_path: Path, *extra: str):
-    """Checks on ``data_root`` (no pretrained unless given); returns (exit status, rows, stdout-like text)."""
+    """The data checks on ``data_root``; returns (rows, stdout-like text)."""
+    args = check.build_parser().parse_args(["--data_root", str(data_root), "--workers", "0", *extra])
+    rows = check.run_checks(args)
+    return rows, check.format_table(rows) + "\n" + check.format_details(rows)
+
+
+def run_full(data_root: Path, tmp_path: Path, *extra: str):
+    """The full check on ``data_root`` (no pretrained unless given); returns (rows, stdout-like text)."""
     argv = ["--data_root", str(data_root), "--runs", str(tmp_path / "runs"), "--pretrained", "none",
             "--workers", "0", *extra]
-    args = check.build_parser().parse_args(argv)
-    rows = check.run_checks(args)
+    rows = full_check.run_checks(full_check.build_parser().parse_args(argv))
     return rows, check.format_table(rows) + "\n" + check.format_details(rows)
 
 
@@ -39,10 +48,20 @@ def cell(rows, check_name, setting="sketchy/zeroshot1"):
 
 def test_good_tree_has_no_error_and_names_the_naming(tree, tmp_path, capsys):
     root, _ = tree
-    assert check.main(["--data_root", str(root), "--runs", str(tmp_path / "r"), "--pretrained", "none",
-                       "--workers", "0"]) == 0
-    out = capsys.readouterr().out
+    assert check.main(["--data_root", str(root), "--workers", "0"]) == 0
+    captured = capsys.readouterr()
+    out = captured.out
     assert "| sketchy/zeroshot1 | ok |" in out and "naming sketch_tx_000000000000_ready_filelist_train.txt" in out
+    details = out[out.index("\nsketchy/zeroshot1 lists: "):]    # the full messages, below the table: never cut
+    assert "…" not in details and "all_photo_filelist_zero.txt" in details
+    assert "decode images: 100%" in captured.err and "\r" not in captured.err      # off a terminal: plain lines
+    # the data check says how to run the full one, which adds its two columns to the same table
+    assert "| setting | lists | counts | images | cid_mask |\n" in out and check.FULL_CHECK in out.splitlines()[-1]
+    assert full_check.main(["--data_root", str(root), "--runs", str(tmp_path / "r"), "--pretrained", "none",
+                            "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "| setting | lists | counts | images | cid_mask | pretrained | features |" in out
+    assert out.splitlines()[-1] == "no errors: ready to train"
     rows, _ = run(root, tmp_path)
     assert {c.status for c in rows["sketchy/zeroshot1"].values()} <= {"ok", "warning", "skipped"}
     # the tiny tree is far from the public sizes: a warning naming both numbers, never an error
@@ -78,8 +97,7 @@ def test_missing_and_corrupt_images_are_named_with_their_line(tree, tmp_path):
     assert any(f"{missing_rel}" in m and f"{SAKE_NAMES['photo_zero']}, line 2) does not exist" in m
                for m in images.messages)
     assert any(f"{corrupt_rel}" in m and "line 3) cannot be decoded" in m for m in images.messages)
-    assert check.main(["--data_root", str(root), "--runs", str(tmp_path / "r"), "--pretrained", "none",
-                       "--workers", "0"]) == 1
+    assert check.main(["--data_root", str(root), "--workers", "0"]) == 1
 
 
 def test_at_most_twenty_problems_are_listed_then_a_count(tree, tmp_path):
@@ -88,7 +106,7 @@ def test_at_most_twenty_problems_are_listed_then_a_count(tree, tmp_path):
     f.write_text(f.read_text() + "".join(f"nowhere/{i}.png 0\n" for i in range(25)))
     rows, _ = run(root, tmp_path)
     msgs = cell(rows, "images").messages
-    assert len(msgs) == check.MAX_LISTED + 1 and msgs[-1].startswith("… and 5 more images")
+    assert len(msgs) == check.MAX_LISTED + 1 and msgs[-1].startswith("and 5 more images")
 
 
 def test_out_of_range_label_is_an_error_with_file_and_line(tree, tmp_path):
@@ -162,20 +180,20 @@ def _features(n_gallery, n_query, labels_hi):
 def test_features_files_are_checked_for_shape_and_unseen_labels(tree, tmp_path):
     root, _ = tree
     runs = tmp_path / "runs" / "sketchy" / "zeroshot1"
-    save_features(_features(8, 8, 2), runs / "seed0" / "features_zero.pickle")       # matches the zero lists
-    rows, _ = run(root, tmp_path)
+    save_features(_features(8, 8, 2), runs / "seed0" / FEATURES_FILE)       # matches the zero lists
+    rows, _ = run_full(root, tmp_path)
     assert cell(rows, "features").status == "ok" and "8 gallery x 8 queries" in cell(rows, "features").first
-    save_features(_features(8, 8, 5), runs / "seed1" / "features_zero.pickle")       # labels of 5 classes
+    save_features(_features(8, 8, 5), runs / "seed1" / FEATURES_FILE)       # labels of 5 classes
     (runs / "seed2").mkdir()
-    (runs / "seed2" / "features_zero.pickle").write_bytes(pickle.dumps([np.zeros(3)], protocol=4))
-    rows, _ = run(root, tmp_path)
+    (runs / "seed2" / FEATURES_FILE).write_bytes(pickle.dumps([np.zeros(3)], protocol=4))
+    rows, _ = run_full(root, tmp_path)
     msgs = cell(rows, "features").messages
     assert cell(rows, "features").status == "error"
     assert any("seed1" in m and "gallery labels span 0..4" in m and "2 unseen classes" in m for m in msgs)
     assert any("seed2" in m and "list of five items" in m for m in msgs)
-    save_features(_features(6, 8, 2), runs / "seed1" / "features_zero.pickle")       # other gallery size
+    save_features(_features(6, 8, 2), runs / "seed1" / FEATURES_FILE)       # other gallery size
     shutil.rmtree(runs / "seed2")
-    rows, _ = run(root, tmp_path)
+    rows, _ = run_full(root, tmp_path)
     assert cell(rows, "features").status == "warning"
     assert any("6 gallery rows, but the photo_zero list has 8 entries" in m for m in cell(rows, "features").messages)
 
@@ -190,15 +208,17 @@ def official_atto(tmp_path_factory):
 
 def test_pretrained_checkpoint_loads_strictly_or_is_an_error(tree, tmp_path, official_atto):
     root, _ = tree
-    rows, _ = run(root, tmp_path, "--pretrained", str(official_atto), "--model", "convnextv2_atto")
+    rows, text = run_full(root, tmp_path, "--pretrained", str(official_atto), "--model", "convnextv2_atto")
     assert cell(rows, "pretrained").status == "ok"
+    assert cell(rows, "pretrained") is cell(rows, "pretrained", "sketchy/zeroshot2")     # one checkpoint, one cell
+    assert text.count("loads strictly into convnextv2_atto") == 1                        # said once
     sd = torch.load(official_atto, weights_only=True)["model"]
     del sd["norm.weight"]
     broken = tmp_path / "broken.pt"
     torch.save({"model": sd}, broken)
-    rows, _ = run(root, tmp_path, "--pretrained", str(broken), "--model", "convnextv2_atto")
+    rows, _ = run_full(root, tmp_path, "--pretrained", str(broken), "--model", "convnextv2_atto")
     assert cell(rows, "pretrained").status == "error" and "lacks key" in cell(rows, "pretrained").first
-    rows, _ = run(root, tmp_path, "--pretrained", str(tmp_path / "absent.pt"), "--model", "convnextv2_atto")
+    rows, _ = run_full(root, tmp_path, "--pretrained", str(tmp_path / "absent.pt"), "--model", "convnextv2_atto")
     assert cell(rows, "pretrained").status == "error" and "does not exist" in cell(rows, "pretrained").first
 
 
@@ -213,8 +233,7 @@ def test_quick_decodes_a_seeded_two_percent_sample_per_list(tmp_path):
         decoded.extend(files)
         return check.decode_all(files, workers)
 
-    args = check.build_parser().parse_args(["--data_root", str(root), "--runs", str(tmp_path / "r"), "--pretrained",
-                                            "none", "--workers", "0", "--quick"])
+    args = check.build_parser().parse_args(["--data_root", str(root), "--workers", "0", "--quick"])
     rows = check.run_checks(args, decode=record)
     paths = resolve_paths(get_setting("tuberlin/zeroshot"), root)
     sizes = {r: len(f.read_text().splitlines()) for r, f in paths.lists.items()}
@@ -262,10 +281,10 @@ def test_every_readme_section_a_message_names_exists(repo_root):
 
 def test_exit_status_is_one_on_an_error_and_zero_otherwise(tree, tmp_path, capsys):
     root, split = tree
-    argv = ["--data_root", str(root), "--runs", str(tmp_path / "r"), "--pretrained", "none", "--workers", "0"]
+    argv = ["--data_root", str(root), "--workers", "0"]
     with pytest.raises(SystemExit) as exc:
         check.cli(argv)
-    assert exc.value.code == 0 and "no errors: ready to train" in capsys.readouterr().out
+    assert exc.value.code == 0 and "no errors: the data are ready" in capsys.readouterr().out
     (split / "cid_mask.pickle").write_bytes(b"garbage")
     with pytest.raises(SystemExit) as exc:
         check.cli(argv)

@@ -1,5 +1,5 @@
 """A dataset of your own: class folders -> data.from_folders -> train_custom.py, test_custom_zeroshot.py,
-data.check and the app; and one sentence for each kind of bad input."""
+engine.check and the app; and one sentence for each kind of bad input."""
 import json
 import runpy
 import sys
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data import check as data_check
 from data import from_folders
 from data.lists import parse_list_file, read_class_file
 from data.registry import SAKE_NAMES, get_setting, resolve_paths
+from engine import check as full_check
 from tests.fixtures import make_class_folders
 from tests.test_test_scripts import run
 from utils.errors import run_cli
@@ -50,7 +50,7 @@ def dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained_run(dataset, tmp_path_factory) -> Path:
     """One tiny --smoke run on the dataset (module-scoped: every test below reads it)."""
-    run_dir = tmp_path_factory.mktemp("runs") / "custom" / "zeroshot"     # data.check's --runs layout
+    run_dir = tmp_path_factory.mktemp("runs") / "custom" / "zeroshot"     # engine.check's --runs layout
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sys, "argv", ["train_custom.py", "--data_root", str(dataset), "--smoke", "--img_size", "32",
                                  "--max_steps_per_epoch", "1", "--workers", "0", "--device", "cpu",
@@ -181,7 +181,7 @@ def test_smoke_training_test_script_and_check_work_on_it(dataset, trained_run, m
     assert np.isfinite(results["one_to_one"]["per_class"]["mAP@all"])
     assert "* = Sketchy Ext's pair, marked for a custom dataset, which has no published pair" in out
 
-    rows = data_check.run_checks(data_check.build_parser().parse_args(
+    rows = full_check.run_checks(full_check.build_parser().parse_args(
         ["--setting", "custom/zeroshot", "--data_root", str(dataset), "--pretrained", "none", "--workers", "0",
          "--runs", str(trained_run.parent.parent)]), decode=lambda files, workers: {f: None for f in files})
     cells = rows["custom/zeroshot"]

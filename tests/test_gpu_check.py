@@ -55,6 +55,7 @@ def test_smoke_run_reports_every_section_with_sane_numbers(smoke_report):
     for term in ("loss_ce", "loss_kd", "loss_prior", "loss_reverse", "student_grad_norm"):
         assert _finite_positive(numerics[term]["fp32"]) and numerics[term]["rel_diff"] < 0.05
     assert sections["numerics"]["evaluator_precision"]["tf32_off"] is True
+    assert sections["numerics"]["evaluator_precision"]["cudnn_allow_tf32"] is False
     ops = sections["profile"]["top_ops"]
     assert ops and 0 < sum(o["share"] for o in ops) <= 1.0 + 1e-9
     assert all(_finite_positive(r["img_s"]) for r in sections["loader"]["rows"])
@@ -111,7 +112,7 @@ def _first_batch(tree, savedir, *extra):
     seed_epoch(args.seed, 0, 0)
     trainer.sketch_sampler.set_epoch(0)
     trainer.photo_sampler.set_epoch(0)
-    x, y, _ = next(trainer.batches())
+    x, y, *_ = next(trainer.batches())
     return trainer.data.sketches[0][0], x, y
 
 

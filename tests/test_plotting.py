@@ -95,16 +95,15 @@ def test_total_formula_follows_the_run_s_weights() -> None:
 
 
 def test_training_curves_with_another_prior_weight_and_chance(tmp_path: Path) -> None:
-    """The legend and the chance line come from the arguments, not from constants."""
-    log = _write_log(tmp_path / "log.jsonl", [_record(e) for e in range(3)])
+    """The legend and the chance line come from the arguments, not from constants; a log never validated."""
+    log = _write_log(tmp_path / "log.jsonl", [_record(e, val_top1_pct=None) for e in range(3)])
     plot_training_curves(log, tmp_path / "c.png", {**WEIGHTS, "loss_prior": 0.0}, LOSS_TERM_LABELS, n_seen=100)
-    text = _assert_vector_pdf(tmp_path / "c.png", "(prior: weight 0)", "chance (1/100 = 1 %)")
+    text = _assert_vector_pdf(tmp_path / "c.png", "(prior: weight 0)", "chance (1/100 = 1 %)", "no validation")
     assert "warm-up ends" not in text                                  # the log never leaves warm-up
 
 
 @pytest.mark.parametrize("records", [
     [_record(0)],                                                        # one epoch
-    [_record(e, val_top1_pct=None) for e in range(3)],                   # never validated
     [{"epoch": 0, "loss_total": 1.0}],                                   # only one key
     [_record(0, loss_ce=float("nan"), lr=0.0), _record(1)],              # NaN loss, zero lr (log axis)
 ])

@@ -207,7 +207,7 @@ def test_mode_1_keeps_the_one_to_many_section_of_the_same_features(tmp_path, mon
 
 def test_every_flag_has_help_and_shows_its_default_once():
     from data.registry import SETTINGS
-    from retrieval.evaluate import build_parser
+    from engine.evaluate import build_parser
 
     for setting in SETTINGS.values():
         parser = build_parser(setting)

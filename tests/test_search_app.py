@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from app.gallery import cache_path, embed_with_cache, features_file_usable  # noqa: E402
-from app.searcher import build_searcher, load_searcher, load_trained_student  # noqa: E402
+from app.searcher import build_searcher, load_searcher, load_trained_student, suggested_stroke_width  # noqa: E402
 from app.server import create_app, serve_in_thread  # noqa: E402
 from data.transforms import test_transform as sketch_transform  # noqa: E402
 from retrieval.feature_io import FeatureSet, save_features  # noqa: E402
@@ -112,6 +112,8 @@ def test_info_describes_the_run(run):
     assert info["gallery"]["size"] == 8 and info["gallery"]["labelled"]
     assert info["gallery"]["classes"] == ["unseen class 0", "unseen class 1"]
     assert info["one_to_many"] is None and "results.json" in info["one_to_many_reason"]
+    # the suggested pen survives the resize to the model's input: thick at 32 px, thin at the paper's 224 px
+    assert info["stroke_width"] == 14 and suggested_stroke_width(64) == 7 and suggested_stroke_width(224) == 3
     page = client.get("/")
     assert page.status_code == 200 and '<canvas id="pad"' in page.text
     icon = client.get("/favicon.ico")
@@ -207,7 +209,7 @@ def test_zero_gallery_reads_a_matching_features_file(run, trained, tmp_path):
     save_features(FeatureSet(fake, np.zeros(8, np.int64), fake[:2], np.zeros(2, np.int64)),
                   other / "features_zero.pickle")
     from data.registry import get_setting, resolve_paths
-    from retrieval.run_folder import zero_lists
+    from engine.folder_checks import zero_lists
 
     lists = zero_lists(resolve_paths(get_setting(SETTING), data_root))   # as the test scripts' sidecars record
     write_sidecar(other / "features_zero.pickle", {"student_sha256": trained.weights_sha256, "lists": lists})

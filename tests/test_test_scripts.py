@@ -45,7 +45,7 @@ def run(script: str, *argv, monkeypatch, capsys) -> tuple[int, str, str]:
 
 def assert_schema(results: dict, setting: str, mode: int, selected: bool) -> None:
     averaged_keys = {"per_query", "per_class"}
-    assert set(results) == {"setting", "label", "n_queries", "n_gallery", "feature_dim", "one_to_one",
+    assert set(results) == {"setting", "kind", "label", "n_queries", "n_gallery", "feature_dim", "one_to_one",
                             "one_to_many", "provenance"}
     assert results["setting"] == setting
     prov = results["provenance"]

@@ -10,12 +10,13 @@ import torch
 from data.registry import get_setting
 from engine import train
 from engine.runs import batch_message, cpu_estimate
-from engine.train import BEST, CHECKPOINT, LOG, Trainer, main, parse_run_args
+from engine.train import Trainer, main, parse_run_args
 from tests.fixtures import make_tree
 from utils.checkpoint import load_checkpoint
 from utils.distributed import DistInfo
 from utils.errors import UserError, run_cli
 from utils.provenance import list_fingerprint, state_dict_sha256
+from utils.run_files import ARGS_FILE, BEST_CHECKPOINT_FILE, LAST_CHECKPOINT_FILE, LOG_FILE
 
 TINY = ["--model", "convnextv2_atto", "--pretrained", "none", "--img_size", "32", "--batch_size", "12",
         "--workers", "0", "--device", "cpu", "--no_figures"]
@@ -56,7 +57,7 @@ def finished(tree, tmp_path_factory):
 
 
 def test_every_checkpoint_records_what_made_it(tree, finished):
-    ckpt, best = load_checkpoint(finished / CHECKPOINT), load_checkpoint(finished / BEST)
+    ckpt, best = load_checkpoint(finished / LAST_CHECKPOINT_FILE), load_checkpoint(finished / BEST_CHECKPOINT_FILE)
     for c in (ckpt, best):
         assert {"epoch", "state_dict", "best_acc1", "optimizer", "optimizer_1"} <= set(c)   # released keys kept
         p = c["provenance"]
@@ -69,7 +70,7 @@ def test_every_checkpoint_records_what_made_it(tree, finished):
         split = tree / "Sketchy" / "zeroshot1"
         assert p["lists"] == {role: list_fingerprint(split / name) for role, name in LIST_ROLES.items()}
     assert ckpt["provenance"]["run_id"] == best["provenance"]["run_id"] and len(ckpt["provenance"]["run_id"]) == 32
-    log = [json.loads(line) for line in (finished / LOG).read_text().splitlines()]
+    log = [json.loads(line) for line in (finished / LOG_FILE).read_text().splitlines()]
     assert all("val_top1_pct" in r and 0 <= r["val_top1_pct"] <= 100 for r in log)
 
 
@@ -77,7 +78,7 @@ def test_retraining_into_a_run_folder_is_refused_and_changes_nothing(tree, finis
     """Issue 12, failure 1: a new seed into the same folder used to start silently next to the old files."""
     before = {p.name: p.read_bytes() for p in finished.iterdir()}
     with pytest.raises(UserError, match=r"already holds another run's files \(checkpoint\.pth\.tar, "
-                                        r"model_best\.pth\.tar, log\.jsonl\).*--resume.*--overwrite"):
+                                        r"model_best\.pth\.tar, log\.jsonl, args\.json\).*--resume.*--overwrite"):
         main("sketchy", _argv(tree, finished, *TINY, *SHAPE, "--seed", "4"))
     assert {p.name: p.read_bytes() for p in finished.iterdir()} == before
 
@@ -87,7 +88,7 @@ def test_overwrite_deletes_nothing_before_the_new_runs_first_checkpoint(tree, fi
     shutil.copytree(finished, run)
     for name in ("features_zero.pickle", "features_zero.json", "results.json", "features_seen_val_s0.pickle"):
         (run / name).write_text("from the earlier run")
-    old_id = load_checkpoint(run / CHECKPOINT)["provenance"]["run_id"]
+    old_id = load_checkpoint(run / LAST_CHECKPOINT_FILE)["provenance"]["run_id"]
     before = {p.name: p.read_bytes() for p in run.iterdir()}
 
     _interrupt_at(monkeypatch, 0)                 # killed in epoch 0: nothing of the earlier run is lost
@@ -98,11 +99,14 @@ def test_overwrite_deletes_nothing_before_the_new_runs_first_checkpoint(tree, fi
 
     main("sketchy", _argv(tree, run, *TINY, "--epochs", "1", "--warmup_epochs", "0", "--max_steps_per_epoch", "1",
                           "--seed", "4", "--overwrite"))
-    assert sorted(p.name for p in run.iterdir()) == sorted([CHECKPOINT, BEST, LOG])   # stale outputs are gone
-    ckpt = load_checkpoint(run / CHECKPOINT)
+    # stale outputs are gone
+    assert sorted(p.name for p in run.iterdir()) == sorted([LAST_CHECKPOINT_FILE, BEST_CHECKPOINT_FILE, LOG_FILE,
+                                                            ARGS_FILE])
+    assert json.loads((run / ARGS_FILE).read_text())["args"]["seed"] == 4          # the new run's flags
+    ckpt = load_checkpoint(run / LAST_CHECKPOINT_FILE)
     assert ckpt["provenance"]["seed"] == 4 and ckpt["provenance"]["run_id"] != old_id
-    assert load_checkpoint(run / BEST)["provenance"]["run_id"] == ckpt["provenance"]["run_id"]
-    assert [json.loads(line)["epoch"] for line in (run / LOG).read_text().splitlines()] == [0]   # not mixed
+    assert load_checkpoint(run / BEST_CHECKPOINT_FILE)["provenance"]["run_id"] == ckpt["provenance"]["run_id"]
+    assert [json.loads(line)["epoch"] for line in (run / LOG_FILE).read_text().splitlines()] == [0]   # not mixed
 
 
 def test_interrupted_run_resumes_with_its_own_flags_from_the_printed_command(tree, tmp_path, monkeypatch, capsys):
@@ -113,21 +117,25 @@ def test_interrupted_run_resumes_with_its_own_flags_from_the_printed_command(tre
         run_cli(lambda argv: main("sketchy", argv), _argv(tree, run, *TINY, *SHAPE, "--seed", "5"))
     assert stop.value.code == 130
     err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning:")]
-    assert len(err) == 1 and err[0].startswith(f"interrupted: {run / CHECKPOINT} holds the run (1 epoch(s) done)")
+    assert len(err) == 1
+    assert err[0].startswith(f"interrupted: {run / LAST_CHECKPOINT_FILE} holds the run (1 epoch(s) done)")
     command = shlex.split(err[0].split("resume it with: ", 1)[1])
     assert command[:4] == ["python", "train_sketchy_ext.py", "--resume", "--savedir"]
     assert "--batch_size" not in command and "--epochs" not in command    # the run's flags come from its checkpoint
-    run_id = load_checkpoint(run / CHECKPOINT)["provenance"]["run_id"]
+    run_id = load_checkpoint(run / LAST_CHECKPOINT_FILE)["provenance"]["run_id"]
     monkeypatch.undo()
 
     main("sketchy", command[2:])
-    ckpt = load_checkpoint(run / CHECKPOINT)
+    ckpt = load_checkpoint(run / LAST_CHECKPOINT_FILE)
     assert ckpt["epoch"] == 2 and ckpt["provenance"]["run_id"] == run_id
     assert (ckpt["args"]["batch_size"], ckpt["args"]["epochs"], ckpt["args"]["max_steps_per_epoch"],
             ckpt["args"]["model"], ckpt["args"]["img_size"], ckpt["args"]["seed"]) == (12, 2, 1, "convnextv2_atto",
                                                                                         32, 5)
-    log = [json.loads(line) for line in (run / LOG).read_text().splitlines()]
+    log = [json.loads(line) for line in (run / LOG_FILE).read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1] and all(r["steps"] == 1 for r in log)
+    recorded = json.loads((run / ARGS_FILE).read_text())        # the resolved flags, restored ones included
+    assert (recorded["args"]["seed"], recorded["args"]["batch_size"], recorded["args"]["resume"]) == (5, 12, True)
+    assert recorded["setting"] == "sketchy/zeroshot1" and recorded["version"]
 
 
 def test_resume_refuses_every_differing_flag_and_accepts_operational_ones(tree, finished):

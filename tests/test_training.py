@@ -11,12 +11,12 @@ import torch
 
 from data.registry import QUICKDRAW_AUTHORS_NAMES, resolve_paths
 from engine import train
-from engine.train import (CHECKPOINT, LOG, Trainer, build_data, build_parser, choose_setting, initial_student, main,
-                          seed_epoch)
+from engine.train import Trainer, build_data, build_parser, choose_setting, initial_student, main, seed_epoch
 from tests.fixtures import make_tree
 from utils.checkpoint import load_checkpoint
 from utils.distributed import DistInfo
 from utils.errors import UserError
+from utils.run_files import ARGS_FILE, BEST_CHECKPOINT_FILE, LAST_CHECKPOINT_FILE, LOG_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--model", "convnextv2_atto", "--pretrained", "none", "--img_size", "32", "--batch_size", "12",
@@ -67,16 +67,16 @@ def test_resume_gives_the_same_weights_as_a_straight_run(tree, tmp_path):
     trainer.set_lr(0)
     trainer.train_one_epoch(0)
     trainer.save(0, trainer.validate())
-    assert load_checkpoint(part / CHECKPOINT)["epoch"] == 1
+    assert load_checkpoint(part / LAST_CHECKPOINT_FILE)["epoch"] == 1
     _run(tree, part, "--epochs", "2", "--resume")
-    a = load_checkpoint(tmp_path / "straight" / CHECKPOINT)
-    b = load_checkpoint(part / CHECKPOINT)
+    a = load_checkpoint(tmp_path / "straight" / LAST_CHECKPOINT_FILE)
+    b = load_checkpoint(part / LAST_CHECKPOINT_FILE)
     assert a["epoch"] == b["epoch"] == 2
     for k in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=1e-5, atol=1e-6)
     for k in a["teacher_head"]:
         torch.testing.assert_close(a["teacher_head"][k], b["teacher_head"][k], rtol=1e-5, atol=1e-6)
-    log = [json.loads(line) for line in (part / LOG).read_text().splitlines()]
+    log = [json.loads(line) for line in (part / LOG_FILE).read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1]  # the resumed run logs from epoch 1 on
 
 
@@ -86,12 +86,12 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tree, tmp_path
     monkeypatch.setattr(train, "lr_at", lambda base, epoch, *a: 1e37 if epoch >= 1 else real_lr_at(base, epoch, *a))
     with pytest.raises(UserError, match=r"non-finite loss at epoch 1, step \d+ .*was kept"):
         _run(tree, run, "--epochs", "3")
-    assert load_checkpoint(run / CHECKPOINT)["epoch"] == 1    # the state after epoch 0, the last good one
+    assert load_checkpoint(run / LAST_CHECKPOINT_FILE)["epoch"] == 1    # the state after epoch 0, the last good one
 
 
 def test_finite_watch_names_the_first_bad_step_when_checked_later(tmp_path):
     """On CUDA the loss is checked every few steps; the message still names the first bad step and its terms."""
-    watch = train.FiniteWatch(tmp_path / CHECKPOINT)
+    watch = train.FiniteWatch(tmp_path / LAST_CHECKPOINT_FILE)
     for step, value in enumerate([1.0, 2.0, float("nan"), float("inf"), 3.0]):
         total = torch.tensor(value)
         watch.record(step, total, {"loss_ce": total * 2, "loss_kd": torch.tensor(0.5)})
@@ -112,11 +112,11 @@ def test_ablation_flags_reach_the_total_the_checkpoint_and_resume(tree, tmp_path
     run = tmp_path / "run"
     _run(tree, run, "--epochs", "1", "--warmup_epochs", "0", "--prior_weight", "0", "--semantic_bias", "0",
          "--max_steps_per_epoch", "2")
-    record = json.loads((run / LOG).read_text().splitlines()[0])
+    record = json.loads((run / LOG_FILE).read_text().splitlines()[0])
     without_prior = record["loss_ce"] + record["loss_kd"] + record["loss_reverse"]
     assert record["loss_total"] == pytest.approx(without_prior, rel=1e-6)
     assert record["loss_total"] != pytest.approx(without_prior + 0.1 * record["loss_prior"], rel=1e-6)
-    args = load_checkpoint(run / CHECKPOINT)["args"]
+    args = load_checkpoint(run / LAST_CHECKPOINT_FILE)["args"]
     assert args["prior_weight"] == 0.0 and args["semantic_bias"] == 0.0
     with pytest.raises(UserError, match=r"--prior_weight 0.1 \(the run has 0.0\)"):
         _run(tree, run, "--epochs", "2", "--resume", "--prior_weight", "0.1")
@@ -145,12 +145,12 @@ def test_train_script_end_to_end(tmp_path, script, layout, extra):
             "--warmup_epochs", "1", "--max_steps_per_epoch", "2", "--no_figures", *extra]
     res = _script(script, *argv)
     assert res.returncode == 0, res.stderr
-    assert (run / CHECKPOINT).is_file() and (run / "model_best.pth.tar").is_file()
-    log = [json.loads(line) for line in (run / LOG).read_text().splitlines()]
+    assert (run / LAST_CHECKPOINT_FILE).is_file() and (run / "model_best.pth.tar").is_file()
+    log = [json.loads(line) for line in (run / LOG_FILE).read_text().splitlines()]
     assert [r["phase"] for r in log] == ["warmup", "bidirectional"]
     assert all(r["steps"] == 2 and r["images_per_s"] > 0 for r in log)
     assert log[1]["loss_reverse"] is not None and log[0]["loss_reverse"] is None
-    ckpt = load_checkpoint(run / CHECKPOINT)
+    ckpt = load_checkpoint(run / LAST_CHECKPOINT_FILE)
     assert {"epoch", "state_dict", "best_acc1", "optimizer", "optimizer_1", "rng", "config"} <= set(ckpt)
     if quickdraw:   # the released QuickDraw run: no validation, the last epoch is model_best
         assert "validation: none (--val_fraction 0)" in res.stdout
@@ -195,9 +195,9 @@ def test_torchrun_two_processes_write_one_checkpoint(tree, tmp_path):
          "--epochs", "2", "--warmup_epochs", "1", "--no_figures"],
         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert sorted(p.name for p in run.iterdir()) == [CHECKPOINT, LOG, "model_best.pth.tar"]
+    assert sorted(p.name for p in run.iterdir()) == [ARGS_FILE, LAST_CHECKPOINT_FILE, LOG_FILE, BEST_CHECKPOINT_FILE]
     assert res.stdout.count("done:") == 1  # only rank 0 prints
-    log = [json.loads(line) for line in (run / LOG).read_text().splitlines()]
+    log = [json.loads(line) for line in (run / LOG_FILE).read_text().splitlines()]
     assert len(log) == 2
 
 
@@ -216,7 +216,7 @@ def test_model_best_follows_the_released_rule(tree, tmp_path):
     trainer.save(3, 60.0)
     assert load_checkpoint(best)["epoch"] == 4 and load_checkpoint(best)["best_acc1"] == 60.0
     trainer.save(4, 55.0)
-    assert load_checkpoint(best)["epoch"] == 4 and load_checkpoint(run / CHECKPOINT)["epoch"] == 5
+    assert load_checkpoint(best)["epoch"] == 4 and load_checkpoint(run / LAST_CHECKPOINT_FILE)["epoch"] == 5
 
 
 @pytest.mark.parametrize("augment", ["released", "none"])

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from utils.checkpoint import atomic_write
+from utils.run_files import pdf_name
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -30,7 +31,7 @@ WRONG_MARK = "\u2717"           # ballot x
 
 def pdf_path(out_png: str | Path) -> Path:
     """Where the PDF of a figure goes: beside its PNG, same name."""
-    return Path(out_png).with_suffix(".pdf")
+    return Path(out_png).with_name(pdf_name(Path(out_png).name))
 
 
 @contextmanager

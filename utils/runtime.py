@@ -1,8 +1,9 @@
 """What every entry point does first, before torch loads (standard library only, so it works without torch).
 
 - OpenMP's idle threads sleep (``OMP_WAIT_POLICY=PASSIVE``) instead of spinning: on a CPU shared with other work,
-  spinning threads take the cores the busy ones need (bench/bench_load.py measures it; bench/bench_app.py for the
-  app's queries). OpenMP reads it once, when torch loads, so it is set here, unless the user set a value.
+  spinning threads take the cores the busy ones need: training 2-9x slower (bench/bench_load.py; the app's queries:
+  bench/bench_app.py), against 10-20 % faster on a machine with nothing else to do. OpenMP reads it once, when
+  torch loads, so it is set here, unless the user set OMP_WAIT_POLICY or GOMP_SPINCOUNT.
 - A dependency this Python cannot import is one sentence (which module, how to get the environment), not a
   traceback: the usual cause is running a script outside the ``.venv`` that ``make demo`` / ``make test`` built.
 
@@ -42,7 +43,8 @@ def _excepthook(kind: type[BaseException], exc: BaseException, tb: Optional[Trac
 
 
 def prepare_process() -> None:
-    """Idle OpenMP threads sleep (unless OMP_WAIT_POLICY is set); a missing dependency ends in one sentence."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    """Idle OpenMP threads sleep (unless the user chose a policy); a missing dependency ends in one sentence."""
+    if "GOMP_SPINCOUNT" not in os.environ:      # a spin count the user set is a choice of policy too
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if sys.excepthook is sys.__excepthook__:        # leave a hook someone else installed (IPython, ...) alone
         sys.excepthook = _excepthook

@@ -1,6 +1,6 @@
 """Zero-shot SBIR test (METHOD.md sections 6-7): what the four ``test_*.py`` scripts run.
 
-``main(argv, setting_name)``: first the run folder is checked (retrieval.run_folder): a checkpoint, features
+``main(argv, setting_name)``: first the run folder is checked (engine.folder_checks): a checkpoint, features
 or results of another setting, or a stale ``model_best.pth.tar``, are refused before anything is written.
 Features come from ``<resume_dir>/features_zero.pickle`` when its sidecar (``features_zero.json``) names the
 weights present now, or when it has no sidecar (the authors' release: checked, provenance unknown; no
@@ -24,21 +24,24 @@ from data.dataset import ListDataset
 from data.images import read_rgb
 from data.lists import read_class_file
 from data.registry import SETTINGS, Setting, SettingPaths, get_setting, resolve_paths
-from retrieval.cluster_matching import COVARIANCE_TYPES, DEFAULT_ALPHA, DEFAULT_SEED, QUANTIZERS, check_pq_shape
-from retrieval.feature_io import FEATURES_FILE, FeatureSet, load_features, save_features
-from retrieval.figures import EXAMPLE_ROWS, write_examples_figure, write_pr_figure
-from retrieval.report import PAPER_MARKED, RESULT_KINDS, ReportContext, console_report, write_results
-from retrieval.run_folder import (CHECKPOINT_FILE, UNKNOWN, ZERO_ROLES, CheckpointInfo, check_best_is_current,
+from engine.folder_checks import (UNKNOWN, ZERO_ROLES, CheckpointInfo, check_best_is_current,
                                   check_checkpoint_setting, check_folder_sidecars, check_unlabelled_origin,
                                   previous_results, read_checkpoint, refuse_foreign, same_features, short,
                                   stale_reason, zero_lists, zero_sidecar)
+from engine.seen_validation import seen_validation_sets
+from retrieval.cluster_matching import COVARIANCE_TYPES, DEFAULT_ALPHA, DEFAULT_SEED, QUANTIZERS, check_pq_shape
+from retrieval.feature_io import FeatureSet, load_features, save_features
+from retrieval.figures import EXAMPLE_ROWS, write_examples_figure, write_pr_figure
+from retrieval.report import PAPER_MARKED, RESULT_KINDS, ReportContext, console_report, write_results
 from retrieval.search import QuantizerOptions, RetrievalProblem, SweepEntry
-from retrieval.seen_validation import seen_validation_sets
 from utils.distributed import select_device
 from utils.cli import ArgumentParser
 from utils.errors import UserError
+from utils.precision import exact_float32
 from utils.provenance import (file_sha256, list_fingerprint, project_version, read_sidecar, sidecar_path,
                               write_sidecar)
+from utils.run_files import (BEST_CHECKPOINT_FILE, EXAMPLES_FILE, FEATURES_FILE, PR_CURVE_FILE, RESULTS_FILE,
+                             RESULTS_MARKDOWN_FILE, seen_cache_file)
 
 DEFAULT_DATA_ROOT = "datasets"
 EXAMPLE_ROWS_PER_RANKING = 5       # mode 2: each example query is drawn once per ranking
@@ -59,13 +62,13 @@ def build_parser(setting: Setting) -> argparse.ArgumentParser:
         description=f"Zero-shot sketch-based image retrieval test on {setting.name} (SBKA). With no flags "
                     "this is the released test script (mode 2: one-to-many cluster matching).")
     p.add_argument("--resume_dir", default=setting.checkpoint_dir,
-                   help=f"holds {FEATURES_FILE}, {CHECKPOINT_FILE} and receives the results")
+                   help=f"holds {FEATURES_FILE}, {BEST_CHECKPOINT_FILE} and receives the results")
     p.add_argument("--data_root", default=None,
                    help=_default_said(f"{setting.data_root_help} (default: the one stored in the checkpoint when "
                                       f"that folder still exists" + ("" if setting.custom else
                                                                      f", else {DEFAULT_DATA_ROOT}") + ")"))
     p.add_argument("--checkpoint", default=None,
-                   help=_default_said(f"student checkpoint (default: <resume_dir>/{CHECKPOINT_FILE})"))
+                   help=_default_said(f"student checkpoint (default: <resume_dir>/{BEST_CHECKPOINT_FILE})"))
     p.add_argument("--extract", action="store_true",
                    help=f"extract features with the checkpoint even if {FEATURES_FILE} exists (overwrites it)")
     p.add_argument("--mode", type=int, choices=(1, 2), default=2,
@@ -97,10 +100,10 @@ def build_parser(setting: Setting) -> argparse.ArgumentParser:
                    help=_default_said("name shown in the reports and figure titles (default: the setting, "
                                       f"{setting.name})"))
     p.add_argument("--kind", choices=RESULT_KINDS, default="run",
-                   help="what results.json scores: a real run (counted by python -m retrieval.tables), or `make "
+                   help=f"what {RESULTS_FILE} scores: a real run (counted by python -m retrieval.tables), or `make "
                         "demo`'s run / its untrained baseline (left out of the tables)")
     p.add_argument("--no_figures", action="store_true",
-                   help="do not write pr_curve.png/.pdf and retrieval_examples.png/.pdf")
+                   help=f"do not write {PR_CURVE_FILE} / {EXAMPLES_FILE} (nor their PDFs)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p
 
@@ -156,7 +159,7 @@ class StudentSource:
 def inspect_run_folder(args: argparse.Namespace, setting: Setting, resume_dir: Path,
                        device: torch.device, ctx: ReportContext) -> StudentSource:
     """Read the checkpoint and refuse a folder of another setting or a stale best, before anything is written."""
-    path = Path(args.checkpoint) if args.checkpoint else resume_dir / CHECKPOINT_FILE
+    path = Path(args.checkpoint) if args.checkpoint else resume_dir / BEST_CHECKPOINT_FILE
     info = None
     if path.is_file():
         try:
@@ -295,8 +298,7 @@ def seen_validation_features(args: argparse.Namespace, paths: SettingPaths, sour
     """
     params = {"n_classes": n_classes, "max_queries": args.val_max_queries, "max_gallery": args.val_max_gallery,
               "seed": args.seed}
-    cache = resume_dir / (f"features_seen_val_c{n_classes}_q{args.val_max_queries}_g{args.val_max_gallery}"
-                          f"_seed{args.seed}.pickle")
+    cache = resume_dir / seen_cache_file(n_classes, args.val_max_queries, args.val_max_gallery, args.seed)
     roles = [r for r in ("sketch_test", "sketch_train", "photo_train") if paths.list_file(r) is not None]
     lists = {"class_file": list_fingerprint(paths.class_file),
              **{r: list_fingerprint(paths.list_file(r)) for r in roles}}
@@ -391,7 +393,7 @@ def main(argv: Optional[Sequence[str]], setting_name: str) -> None:
     args = build_parser(setting).parse_args(argv)
     check_args(args)
     device = select_device(args.device)
-    torch.set_float32_matmul_precision("highest")     # no TF32: rankings must not depend on the card
+    exact_float32()     # no TF32 in matmuls or convolutions: rankings must not depend on the card
     resume_dir = Path(args.resume_dir)
     ctx = ReportContext(paper_metrics=tuple(setting.paper_metrics), features_source="",
                         selection_metric=setting.paper_metrics[0], title=args.label or setting.name,
@@ -435,7 +437,7 @@ def main(argv: Optional[Sequence[str]], setting_name: str) -> None:
         write_figures(args, setting, problem, curves, rankings, resume_dir, ctx)
     print(console_report(results, ctx), flush=True)
     write_results(resume_dir, results, ctx)
-    print(f"results written to {resume_dir / 'results.json'} and {resume_dir / 'results.md'}")
+    print(f"results written to {resume_dir / RESULTS_FILE} and {resume_dir / RESULTS_MARKDOWN_FILE}")
 
 
 def keep_one_to_many(resume_dir: Path, results: dict[str, Any], ctx: ReportContext) -> None:
@@ -446,8 +448,8 @@ def keep_one_to_many(resume_dir: Path, results: dict[str, Any], ctx: ReportConte
         return
     old_provenance = old.get("provenance") if isinstance(old.get("provenance"), dict) else {}
     if not same_features(old_provenance, results["provenance"]):
-        ctx.notes.append("the one-to-many section of the earlier results.json was dropped: it was computed on other "
-                         "features than these (run --mode 2 to compute it again)")
+        ctx.notes.append(f"the one-to-many section of the earlier {RESULTS_FILE} was dropped: it was computed on "
+                         "other features than these (run --mode 2 to compute it again)")
         return
     results["one_to_many"] = otm
     kept = old_provenance.get("one_to_many")
@@ -489,17 +491,17 @@ def one_to_many(args: argparse.Namespace, setting: Setting, problem: RetrievalPr
 
 def write_figures(args: argparse.Namespace, setting: Setting, problem: RetrievalProblem, curves: dict,
                   rankings: list, resume_dir: Path, ctx: ReportContext) -> None:
-    """pr_curve.png/.pdf always; retrieval_examples.png/.pdf (a row per example query and ranking) when the
-    dataset's images are there."""
+    """The precision-recall figure always; the retrieval examples (a row per example query and ranking) when the
+    dataset's images are there; each as PNG and PDF."""
     resume_dir.mkdir(parents=True, exist_ok=True)
-    write_pr_figure(curves, resume_dir / "pr_curve.png", ctx.title)
+    write_pr_figure(curves, resume_dir / PR_CURVE_FILE, ctx.title)
     try:
         paths = resolve_paths(setting, args.data_root)
     except UserError:
-        ctx.notes.append("retrieval_examples.png not drawn: it needs the dataset's images (--data_root)")
+        ctx.notes.append(f"{EXAMPLES_FILE} not drawn: it needs the dataset's images (--data_root)")
         return
     n_queries = EXAMPLE_ROWS if len(rankings) == 1 else EXAMPLE_ROWS_PER_RANKING
-    why_not = write_examples_figure(problem, paths, resume_dir / "retrieval_examples.png", args.seed, rankings,
+    why_not = write_examples_figure(problem, paths, resume_dir / EXAMPLES_FILE, args.seed, rankings,
                                     read_rgb, n_queries)
     if why_not:
-        ctx.notes.append(f"retrieval_examples.png not drawn: {why_not}")
+        ctx.notes.append(f"{EXAMPLES_FILE} not drawn: {why_not}")

@@ -21,14 +21,12 @@ import numpy as np
 
 from data.lists import read_class_file
 from data.registry import SETTINGS, Setting, SettingPaths
-from retrieval.feature_io import FEATURES_FILE, FeatureSet
+from retrieval.feature_io import FeatureSet
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 from utils.provenance import list_fingerprint, project_version, read_sidecar, sidecar_path, state_dict_sha256
+from utils.run_files import BEST_CHECKPOINT_FILE, FEATURES_FILE, LAST_CHECKPOINT_FILE, RESULTS_FILE, SEEN_CACHE_GLOB
 
-CHECKPOINT_FILE = "model_best.pth.tar"
-LAST_CHECKPOINT_FILE = "checkpoint.pth.tar"
-SEEN_CACHE_GLOB = "features_seen_val_*.pickle"
 UNKNOWN = "unknown"
 ZERO_ROLES = ("photo_zero", "sketch_zero")
 # What must agree for features to come from the same weights on the same data.
@@ -116,7 +114,7 @@ def other_run(best: CheckpointInfo, last: CheckpointInfo) -> Optional[str]:
 def check_best_is_current(best: CheckpointInfo, resume_dir: Path, setting: Setting) -> None:
     """``model_best.pth.tar`` must come from the run that wrote the ``checkpoint.pth.tar`` beside it."""
     last_path = best.path.parent / LAST_CHECKPOINT_FILE
-    if best.path.name != CHECKPOINT_FILE or not last_path.is_file():
+    if best.path.name != BEST_CHECKPOINT_FILE or not last_path.is_file():
         return
     last = read_checkpoint(last_path)
     check_checkpoint_setting(last, setting, resume_dir)
@@ -139,13 +137,13 @@ def check_folder_sidecars(resume_dir: Path, setting: Setting) -> None:
             raise refuse_foreign(f"{artifact} ({sidecar_path(artifact).name})", owner, setting, resume_dir)
     owner = previous_results(resume_dir).get("setting")
     if isinstance(owner, str) and owner != setting.name:
-        raise refuse_foreign(f"{resume_dir / 'results.json'}", owner, setting, resume_dir)
+        raise refuse_foreign(f"{resume_dir / RESULTS_FILE}", owner, setting, resume_dir)
 
 
 def previous_results(resume_dir: Path) -> dict[str, Any]:
     """The folder's ``results.json``, or {} when absent or unreadable (it is replaced, never trusted)."""
     try:
-        data = json.loads((resume_dir / "results.json").read_text(encoding="utf-8"))
+        data = json.loads((resume_dir / RESULTS_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
     return data if isinstance(data, dict) else {}
