@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 from utils.cli import ArgumentParser  # importing utils first sets OpenMP up for torch (utils/runtime.py)
 from utils.errors import UserError, run_cli
-from utils.run_files import BEST_CHECKPOINT_FILE
+from utils.run_files import BATCH_OUTPUTS, BEST_CHECKPOINT_FILE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch = p.add_argument_group("batch mode (no server): rank a folder of query sketches, write CSV/JSON/HTML")
     batch.add_argument("--queries", default=None,
                        help="folder of query sketches (searched recursively; DIR/<class>/* gives them labels)")
-    batch.add_argument("--out", default=None, help="folder receiving results.csv, results.json and index.html")
+    batch.add_argument("--out", default=None, help=f"folder receiving {BATCH_OUTPUTS}")
     batch.add_argument("--k", type=int, default=20, help="photos kept per query")
     batch.add_argument("--chunk", type=int, default=1024, help="queries per distance block (bounds memory)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 def batch_main(args: argparse.Namespace) -> None:
     """``--queries``: the batch search (app/batch.py), without a server or the app's web extras."""
     if args.out is None:
-        raise UserError("--queries needs --out FOLDER to receive results.csv, results.json and index.html")
+        raise UserError(f"--queries needs --out FOLDER to receive {BATCH_OUTPUTS}")
     if args.batch_size < 1 or args.workers < 0:
         raise UserError("--batch_size must be at least 1 and --workers 0 or more")
     from app.batch import batch_search

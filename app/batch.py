@@ -33,6 +33,7 @@ from retrieval.distances import squared_norms
 from retrieval.metrics import class_mean, evaluate_ranking, nan_mean
 from retrieval.search import DEFAULT_CHUNK, MatchingCodes, rank_blocks, ranking_values
 from utils.checkpoint import atomic_write
+from utils.run_files import BATCH_CSV_FILE, BATCH_JSON_FILE, BATCH_PAGE_FILE
 from utils.errors import UserError
 
 THUMB_SIDE = 128
@@ -245,16 +246,16 @@ def batch_search(run: TrainedRun, resume_dir: Path, queries_dir: Path, gallery_a
     entries = result_rows(queries_dir, query_paths, query_classes, gallery, rankings)
     query_thumbs, photo_thumbs = write_thumbnails(out, queries_dir, query_paths, gallery,
                                                   np.concatenate([r.order.ravel() for r in rankings]))
-    write_csv(out / "results.csv", entries)
-    atomic_write(out / "results.json",
+    write_csv(out / BATCH_CSV_FILE, entries)
+    atomic_write(out / BATCH_JSON_FILE,
                  lambda fh: fh.write(json.dumps({**summary, "results": entries}, indent=1).encode("utf-8")))
-    write_html(out / "index.html", summary, entries, query_thumbs, photo_thumbs)
+    write_html(out / BATCH_PAGE_FILE, summary, entries, query_thumbs, photo_thumbs)
     if labelled:
         for ranking in rankings:
             m = ranking.metrics
             print(f"{ranking.name}: mAP@all {m['mAP@all']['per_class']:.4f}, P@{width} "
                   f"{m[f'P@{width}']['per_class']:.4f} "
                   f"(per-class means over {len(query_paths)} queries)")
-    print(f"results of {len(query_paths)} queries written to {out / 'results.csv'}, {out / 'results.json'} and "
-          f"{out / 'index.html'}")
+    print(f"results of {len(query_paths)} queries written to {out / BATCH_CSV_FILE}, {out / BATCH_JSON_FILE} and "
+          f"{out / BATCH_PAGE_FILE}")
     return summary

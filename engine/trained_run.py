@@ -33,17 +33,12 @@ from engine.extract import extract_features, load_student_for
 from retrieval.cluster_matching import DEFAULT_ALPHA, check_pq_shape
 from retrieval.search import DEFAULT_CHUNK, MatchingCodes, rank
 from utils.errors import UserError
+from utils.precision import exact_float32
 from utils.provenance import state_dict_sha256
+from utils.run_files import BEST_CHECKPOINT_FILE, RESULTS_FILE
 
-CHECKPOINT_FILE = "model_best.pth.tar"
-RESULTS_FILE = "results.json"
 WHITE = (255, 255, 255)
 ImageLike = Union[str, Path, Image.Image]
-
-
-def exact_float32() -> None:
-    """No TF32 in float32 matmuls: features and rankings must not depend on the card."""
-    torch.set_float32_matmul_precision("highest")
 
 
 def selected_one_to_many(run_dir: Path, weights_sha256: str) -> tuple[Optional[tuple[int, int, float]], str]:
@@ -104,9 +99,9 @@ class TrainedRun:
         if checkpoint is None:
             if not run_dir.is_dir():
                 raise UserError(f"run folder {run_dir} does not exist: train a model first (or `make demo`)")
-            path = run_dir / CHECKPOINT_FILE
+            path = run_dir / BEST_CHECKPOINT_FILE
             if not path.is_file():
-                raise UserError(f"run folder {run_dir} holds no {CHECKPOINT_FILE}: train a model there first, or "
+                raise UserError(f"run folder {run_dir} holds no {BEST_CHECKPOINT_FILE}: train a model there first, or "
                                 "name the checkpoint (--checkpoint)")
         else:
             path = Path(checkpoint)

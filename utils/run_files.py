@@ -37,3 +37,10 @@ RUN_FILE_PATTERNS = (SEEN_CACHE_GLOB, SEEN_CACHE_PREFIX + "*.json")
 def seen_cache_file(n_classes: int, max_queries: int, max_gallery: int, seed: int) -> str:
     """The seen-class validation cache of one draw (its sidecar has the same stem, ``.json``)."""
     return f"{SEEN_CACHE_PREFIX}c{n_classes}_q{max_queries}_g{max_gallery}_seed{seed}.pickle"
+
+
+# The batch search's output folder (search_app.py --queries ... --out OUT): not a run folder, same naming habit.
+BATCH_CSV_FILE = "results.csv"
+BATCH_JSON_FILE = RESULTS_FILE
+BATCH_PAGE_FILE = "index.html"
+BATCH_OUTPUTS = f"{BATCH_CSV_FILE}, {BATCH_JSON_FILE} and {BATCH_PAGE_FILE}"
