@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from engine.train import CHECKPOINT
+from utils.run_files import LAST_CHECKPOINT_FILE as CHECKPOINT
 from tests.fixtures import make_tree
 from utils.checkpoint import load_checkpoint
 
