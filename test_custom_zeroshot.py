@@ -1,8 +1,8 @@
 """Zero-shot SBIR test on your own folder tree (custom/zeroshot, --data_root ROOT); `--help` lists the flags."""
 import functools
 
-from engine.evaluate import main
+from engine.flags import test_entry   # reads the flags before torch loads, then tests
 from utils.errors import run_cli
 
 if __name__ == "__main__":
-    run_cli(functools.partial(main, setting_name="custom/zeroshot"))
+    run_cli(functools.partial(test_entry, setting_name="custom/zeroshot"))

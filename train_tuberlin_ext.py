@@ -1,6 +1,6 @@
 """Train SBKA on tuberlin; `--help` lists the flags, no flags = the released run."""
-from engine.train import main
+from engine.flags import train_entry   # reads the flags before torch loads, then trains
 from utils.errors import run_cli
 
 if __name__ == "__main__":
-    run_cli(lambda argv: main("tuberlin", argv))
+    run_cli(lambda argv: train_entry("tuberlin", argv))

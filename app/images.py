@@ -14,7 +14,6 @@ from PIL import Image, UnidentifiedImageError
 
 from data.dataset import ListDataset
 from data.images import to_rgb
-from utils.errors import UserError
 
 MAX_QUERY_BYTES = 10 * 1024 * 1024
 MAX_QUERY_SIDE = 4096

@@ -20,7 +20,8 @@ from PIL import Image
 from app.gallery import Gallery, folder_gallery, zero_gallery
 from app.images import QueryError, decode_query
 from engine.trained_run import TrainedRun, selected_one_to_many  # noqa: F401  (selected_one_to_many: the app's rule)
-from retrieval.cluster_matching import DEFAULT_ALPHA, check_pq_shape
+from retrieval.cluster_matching import check_pq_shape
+from retrieval.defaults import DEFAULT_ALPHA
 from retrieval.distances import squared_norms
 from retrieval.search import MatchingCodes, rank
 from utils.errors import UserError

@@ -9,7 +9,6 @@ without a dataset or a model, e.g. the one-to-many sweep rows (K around the clas
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 

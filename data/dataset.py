@@ -11,7 +11,6 @@ from torch.utils.data import Dataset
 
 from data.images import read_problem, read_rgb
 from data.lists import parse_list_file
-from data.registry import VAL_FRACTION  # noqa: F401  (the default hold-out fraction, used with holdout_indices)
 from utils.errors import UserError
 
 

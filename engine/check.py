@@ -15,8 +15,8 @@ from typing import Optional, Sequence
 from data import check as data_check
 from data.check import ERROR, OK, SKIPPED, WARNING, Cell, SettingFacts
 from data.registry import Setting
-from engine.train import DEFAULT_PRETRAINED
-from models.sbka import DEFAULT_MODEL
+from engine.flags import DEFAULT_PRETRAINED
+from models.defaults import DEFAULT_MODEL
 from utils.errors import UserError
 from utils.run_files import FEATURES_FILE
 

@@ -23,10 +23,7 @@ from typing import Optional, Sequence
 from data.demo import MARKER_FILE, generate_demo_dataset
 from data.lists import read_class_file
 from data.registry import get_setting
-from engine import evaluate, train
-from engine.runs import student_checkpoint, student_config
-from retrieval.report import BASELINE_LABEL, DEMO_LABEL
-from utils.checkpoint import atomic_save
+from retrieval.result_kinds import BASELINE_LABEL, DEMO_LABEL
 from utils.cli import ArgumentParser
 from utils.errors import UserError, run_cli
 from utils.run_files import (BEST_CHECKPOINT_FILE, EXAMPLES_FILE, PR_CURVE_FILE, RESULTS_FILE, RESULTS_MARKDOWN_FILE,
@@ -86,6 +83,10 @@ def baseline_dir_of(savedir: Path) -> Path:
 
 def untrained_baseline(args: argparse.Namespace, split_dir: Path, out: Path) -> float:
     """Unseen-class mAP@all (one-to-one, per class) of the network the training starts from."""
+    from engine import evaluate, train
+    from engine.runs import student_checkpoint, student_config
+    from utils.checkpoint import atomic_save
+
     n_seen = len(read_class_file(split_dir / "cname_cid.txt"))
     student = train.initial_student(DEMO_MODEL, n_seen, None, DEMO_CLASSIFIER_STD, args.seed)
     config = student_config(get_setting(SETTING), DEMO_MODEL, n_seen, args.img_size, student.feature_dim)
@@ -98,6 +99,8 @@ def untrained_baseline(args: argparse.Namespace, split_dir: Path, out: Path) -> 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     """Run the demo; returns the unseen-class mAP@all before and after training."""
     args = parse(list(sys.argv[1:] if argv is None else argv))
+    from engine import evaluate, train      # torch loads here, after the flags were read (a typo answers at once)
+
     start = time.perf_counter()
     print(ABOUT, flush=True)
     data_root, savedir = Path(args.data_root), Path(args.savedir)

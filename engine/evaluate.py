@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -24,18 +23,18 @@ from data.dataset import ListDataset
 from data.images import read_rgb
 from data.lists import read_class_file
 from data.registry import SETTINGS, Setting, SettingPaths, get_setting, resolve_paths
+from engine.flags import DEFAULT_DATA_ROOT, build_test_parser, check_test_args
 from engine.folder_checks import (UNKNOWN, ZERO_ROLES, CheckpointInfo, check_best_is_current,
                                   check_checkpoint_setting, check_folder_sidecars, check_unlabelled_origin,
                                   previous_results, read_checkpoint, refuse_foreign, same_features, short,
                                   stale_reason, zero_lists, zero_sidecar)
 from engine.seen_validation import seen_validation_sets
-from retrieval.cluster_matching import COVARIANCE_TYPES, DEFAULT_ALPHA, DEFAULT_SEED, QUANTIZERS, check_pq_shape
+from retrieval.cluster_matching import check_pq_shape
 from retrieval.feature_io import FeatureSet, load_features, save_features
 from retrieval.figures import EXAMPLE_ROWS, write_examples_figure, write_pr_figure
-from retrieval.report import PAPER_MARKED, RESULT_KINDS, ReportContext, console_report, write_results
+from retrieval.report import PAPER_MARKED, ReportContext, console_report, write_results
 from retrieval.search import QuantizerOptions, RetrievalProblem, SweepEntry
 from utils.distributed import select_device
-from utils.cli import ArgumentParser
 from utils.errors import UserError
 from utils.precision import exact_float32
 from utils.provenance import (file_sha256, list_fingerprint, project_version, read_sidecar, sidecar_path,
@@ -43,7 +42,6 @@ from utils.provenance import (file_sha256, list_fingerprint, project_version, re
 from utils.run_files import (BEST_CHECKPOINT_FILE, EXAMPLES_FILE, FEATURES_FILE, PR_CURVE_FILE, RESULTS_FILE,
                              RESULTS_MARKDOWN_FILE, seen_cache_file)
 
-DEFAULT_DATA_ROOT = "datasets"
 EXAMPLE_ROWS_PER_RANKING = 5       # mode 2: each example query is drawn once per ranking
 SELECTED_ON = "seen-class validation"
 FROM_FILE = "features read from"
@@ -51,75 +49,6 @@ CUSTOM_MARKED = "Sketchy Ext's pair, marked for a custom dataset, which has no p
 
 
 # ----------------------------------------------------------------------------------------------- arguments
-def _default_said(text: str) -> str:
-    """Help that states its own default: the formatter appends ``(default: ...)`` only to help without
-    ``%(default)``, and ``%(default).0s`` prints nothing, so the default is shown once, in words."""
-    return text + "%(default).0s"
-
-
-def build_parser(setting: Setting) -> argparse.ArgumentParser:
-    p = ArgumentParser(
-        description=f"Zero-shot sketch-based image retrieval test on {setting.name} (SBKA). With no flags "
-                    "this is the released test script (mode 2: one-to-many cluster matching).")
-    p.add_argument("--resume_dir", default=setting.checkpoint_dir,
-                   help=f"holds {FEATURES_FILE}, {BEST_CHECKPOINT_FILE} and receives the results")
-    p.add_argument("--data_root", default=None,
-                   help=_default_said(f"{setting.data_root_help} (default: the one stored in the checkpoint when "
-                                      f"that folder still exists" + ("" if setting.custom else
-                                                                     f", else {DEFAULT_DATA_ROOT}") + ")"))
-    p.add_argument("--checkpoint", default=None,
-                   help=_default_said(f"student checkpoint (default: <resume_dir>/{BEST_CHECKPOINT_FILE})"))
-    p.add_argument("--extract", action="store_true",
-                   help=f"extract features with the checkpoint even if {FEATURES_FILE} exists (overwrites it)")
-    p.add_argument("--mode", type=int, choices=(1, 2), default=2,
-                   help="1: one-to-one (Euclidean); 2: also one-to-many cluster matching")
-    p.add_argument("--pq_m", type=int, nargs="+", default=list(setting.pq_m), help="subspace counts M to sweep")
-    p.add_argument("--pq_k", type=int, nargs="+", default=list(setting.pq_k), help="codeword counts K to sweep")
-    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="weight of the cluster distance")
-    p.add_argument("--quantizer", choices=QUANTIZERS, default="gmm",
-                   help="codewords: GaussianMixture means (released code) or k-means (faster)")
-    p.add_argument("--gmm_covariance", choices=COVARIANCE_TYPES, default="full",
-                   help="GaussianMixture covariance type ('diag' is much faster)")
-    p.add_argument("--gmm_max_samples", type=int, default=None,
-                   help=_default_said("fit the codewords on a seeded sample of this many gallery items "
-                                      "(default: all of them)"))
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
-                   help="seed of the codeword fit, the seen-class draw and the example queries")
-    p.add_argument("--val_max_queries", type=int, default=2000, help="cap on seen-class validation sketches")
-    p.add_argument("--val_max_gallery", type=int, default=20000, help="cap on seen-class validation photos")
-    p.add_argument("--batch_size", type=int, default=80, help="images per extraction batch")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="image loader workers")
-    p.add_argument("--device", default=None,
-                   help=_default_said("cpu, cuda, cuda:N (default: cuda when present, else cpu)"))
-    p.add_argument("--amp", action="store_true", help="bf16 autocast for extraction on CUDA")
-    p.add_argument("--channels_last", action="store_true", help="channels-last memory format for extraction")
-    p.add_argument("--gpu_normalize", action="store_true",
-                   help="image loaders send uint8; ToTensor/Normalize run on the device (the same values)")
-    p.add_argument("--chunk", type=int, default=1024, help="queries per distance block (bounds memory)")
-    p.add_argument("--label", default=None,
-                   help=_default_said("name shown in the reports and figure titles (default: the setting, "
-                                      f"{setting.name})"))
-    p.add_argument("--kind", choices=RESULT_KINDS, default="run",
-                   help=f"what {RESULTS_FILE} scores: a real run (counted by python -m retrieval.tables), or `make "
-                        "demo`'s run / its untrained baseline (left out of the tables)")
-    p.add_argument("--no_figures", action="store_true",
-                   help=f"do not write {PR_CURVE_FILE} / {EXAMPLES_FILE} (nor their PDFs)")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
-    return p
-
-
-def check_args(args: argparse.Namespace) -> None:
-    for flag in ("batch_size", "chunk", "val_max_queries", "val_max_gallery"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    if args.workers < 0:
-        raise UserError(f"--workers must be 0 or more, got {args.workers}")
-    if not (math.isfinite(args.alpha) and 0.0 <= args.alpha <= 1.0):
-        raise UserError(f"--alpha must be between 0 and 1, got {args.alpha}")
-    if args.gmm_max_samples is not None and args.gmm_max_samples < 2:
-        raise UserError(f"--gmm_max_samples must be at least 2, got {args.gmm_max_samples}")
-
-
 def train_command(setting: Setting, resume_dir: Path) -> str:
     """The training command that produces this setting's checkpoint in ``resume_dir``."""
     dataset, version = setting.name.split("/")
@@ -390,8 +319,8 @@ def quantizer_label(options: QuantizerOptions) -> str:
 # ----------------------------------------------------------------------------------------------- main
 def main(argv: Optional[Sequence[str]], setting_name: str) -> None:
     setting = get_setting(setting_name)
-    args = build_parser(setting).parse_args(argv)
-    check_args(args)
+    args = build_test_parser(setting).parse_args(argv)
+    check_test_args(args)
     device = select_device(args.device)
     exact_float32()     # no TF32 in matmuls or convolutions: rankings must not depend on the card
     resume_dir = Path(args.resume_dir)

@@ -15,17 +15,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import numpy as np
 
 from data.lists import read_class_file
 from data.registry import SETTINGS, Setting, SettingPaths
-from retrieval.feature_io import FeatureSet
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 from utils.provenance import list_fingerprint, project_version, read_sidecar, sidecar_path, state_dict_sha256
 from utils.run_files import BEST_CHECKPOINT_FILE, FEATURES_FILE, LAST_CHECKPOINT_FILE, RESULTS_FILE, SEEN_CACHE_GLOB
+
+if TYPE_CHECKING:   # annotations only: the reproduce planner reads run folders without torch
+    from retrieval.feature_io import FeatureSet
 
 UNKNOWN = "unknown"
 ZERO_ROLES = ("photo_zero", "sketch_zero")

@@ -335,8 +335,7 @@ def python_cmd(script: str, argv: list[str], gpus_per_run: int) -> list[str]:
 
 def plan_run(args: argparse.Namespace, passed: PassThrough, setting: Setting, seed: int, on_cpu: bool,
              threads: int) -> Run:
-    from engine.train import build_parser as train_parser
-    from engine.evaluate import build_parser as test_parser
+    from engine.flags import build_test_parser as test_parser, build_train_parser as train_parser
 
     dataset, version = setting.name.split("/")
     run = Run(setting, seed, Path(args.runs) / folder_name(setting) / f"seed{seed}")
@@ -367,8 +366,7 @@ def plan_run(args: argparse.Namespace, passed: PassThrough, setting: Setting, se
 
 
 def script_parsers(settings: list[str]) -> list[ArgumentParser]:
-    from engine.train import build_parser as train_parser
-    from engine.evaluate import build_parser as test_parser
+    from engine.flags import build_test_parser as test_parser, build_train_parser as train_parser
 
     return [p for s in map(get_setting, settings) for p in (train_parser(s, s.name.split("/")[0]), test_parser(s))]
 

@@ -7,25 +7,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from data.registry import Setting, train_script_of
-from models.sbka import DEFAULT_MODEL
+from engine.flags import MACHINE_FLAGS, MOVABLE_FLAGS, batch_rule
+from models.defaults import DEFAULT_MODEL
 from utils.checkpoint import atomic_write, load_checkpoint
-from utils.distributed import DistInfo
 from utils.errors import UserError
 from utils.provenance import project_version
 from utils.run_files import ARGS_FILE, LAST_CHECKPOINT_FILE, RUN_FILE_PATTERNS, RUN_FILES
 
+if TYPE_CHECKING:   # annotations only: --resume's planning (engine/reproduce.py) runs without torch
+    from utils.distributed import DistInfo
+
 TRAINING_LIST_ROLES = ("sketch_train", "photo_train", "sketch_test")   # the lists a run reads (fingerprinted)
-# Flags a --resume takes from this command, never from the run: where and how it executes.
-MACHINE_FLAGS = ("workers", "device", "no_figures", "debug", "resume", "overwrite", "savedir")
-# Flags restored from the run unless given; they may change (the data are checked by list fingerprints).
-MOVABLE_FLAGS = ("data_root", "amp", "channels_last", "gpu_normalize")
 # The CPU estimate (cpu_estimate). ConvNeXt-V2 GFLOPs at 224 px (the ConvNeXt-V2 paper). Measured on this
 # project's shared 2-core machine, in CPU seconds (other jobs inflate those less than wall time):
 # - one training step image of convnextv2_tiny at 224 px: 3.0 CPU s (bench/bench_train.py --device cpu
@@ -41,20 +39,6 @@ CPU_BASE_GB = 1.3
 
 
 # ----------------------------------------------------------------------------------------------- presets and messages
-def smoke_preset(setting: Setting) -> dict[str, Any]:
-    """``--smoke``: the real pipeline at toy size (minutes on a CPU); flags given explicitly win."""
-    d = setting.sketch_divisor
-    return {"model": "convnextv2_atto", "pretrained": "none", "img_size": 64,
-            "batch_size": d * math.ceil(12 / d),   # Sketchy 12 = 4 + 8; TU-Berlin, QuickDraw 20 = 2 + 18
-            "epochs": 2, "warmup_epochs": 1, "max_steps_per_epoch": 10, "max_val_images": 200,
-            "savedir": f"checkpoint/smoke/{setting.name}"}
-
-
-def batch_rule(setting: Setting) -> str:
-    d = setting.sketch_divisor
-    return f"{setting.dataset_label} takes B//{d} sketches and {d - 1}*(B//{d}) photos"
-
-
 def batch_message(setting: Setting, batch_size: int) -> str:
     """``batch 20 -> 6 sketches + 12 photos; 2 images unused: Sketchy takes B//3 sketches and 2*(B//3) photos``."""
     n_sk, n_ph = setting.split_batch(batch_size)

@@ -11,9 +11,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from data.dataset import VAL_FRACTION, ListDataset, holdout_indices
+from data.dataset import ListDataset, holdout_indices
 from data.lists import read_class_file
-from data.registry import SettingPaths
+from data.registry import VAL_FRACTION, SettingPaths
 
 
 def _capped(indices: np.ndarray, cap: Optional[int], rng: np.random.Generator) -> np.ndarray:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import random
 import shutil
 import sys
@@ -23,165 +21,34 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from data.cid_mask import load_cid_mask
-from data.dataset import VAL_FRACTION, ListDataset, holdout_indices
+from data.dataset import ListDataset, holdout_indices
 from data.lists import read_class_file
-from data.registry import SETTINGS, Setting, SettingPaths, get_setting, resolve_paths
+from data.registry import Setting, SettingPaths, get_setting, resolve_paths
 from data.transforms import test_transform, to_model_input, train_transform
-from engine.runs import (MACHINE_FLAGS, MOVABLE_FLAGS, TRAINING_LIST_ROLES, batch_message, batch_rule, claim_savedir,
-                         cpu_estimate, restore_run_args, resume_command, smoke_preset, stored_args, student_checkpoint,
-                         student_config, write_args_file)
+from engine.flags import LR_DECAY, build_train_parser, check_train_args, choose_setting, settings_of, smoke_preset
+from engine.runs import (TRAINING_LIST_ROLES, batch_message, claim_savedir, cpu_estimate, restore_run_args,
+                         resume_command, stored_args, student_checkpoint, student_config, write_args_file)
 from engine.training_curves import plot_training_curves
-from losses import LOSS_TERM_LABELS, PRIOR_WEIGHT, SEMANTIC_BIAS, SBKAObjective
+from losses import LOSS_TERM_LABELS, SBKAObjective
 from models import SBKAStudent, SBKATeacher, build_student, build_teacher, check_model_name
-from models.sbka import CLASSIFIER_INIT_STD, DEFAULT_MODEL, warn_random_weights, weights_source
+from models.sbka import warn_random_weights, weights_source
 from utils.checkpoint import atomic_save, atomic_write, load_checkpoint
-from utils.cli import ArgumentParser, explicit_flags
+from utils.cli import explicit_flags
 from utils.distributed import (DistInfo, GlobalBatchSampler, SharedFailure, all_reduce_sum, average_gradients,
-                               cleanup, collate_or_none, default_workers, init_distributed, raise_if_any_failed)
+                               cleanup, collate_or_none, default_workers, init_distributed)
 from utils import precision
 from utils.errors import UserError
 from utils.progress import progress
 from utils.provenance import list_fingerprint, new_run_id, project_version, state_dict_sha256
 from utils.run_files import BEST_CHECKPOINT_FILE, LAST_CHECKPOINT_FILE, LOG_FILE, TRAINING_CURVES_FILE
 
-DEFAULT_PRETRAINED = "pretrained_model/convnextv2_tiny_1k_224_ema.pt"
-LR_DECAY = 0.001           # lr(e) = base * LR_DECAY ** (e / epochs)
-
-
 
 # ----------------------------------------------------------------------------------------------- arguments
-def settings_of(dataset: str) -> dict[str, Setting]:
-    """The registry entries of one dataset, keyed by zero version (``zeroshot1``, ...)."""
-    found = {name.split("/", 1)[1]: s for name, s in SETTINGS.items() if name.split("/", 1)[0] == dataset}
-    if not found:
-        raise UserError(f"unknown dataset {dataset!r}")
-    return found
-
-
-def choose_setting(dataset: str, argv: Sequence[str]) -> Setting:
-    versions = settings_of(dataset)
-    if len(versions) == 1:
-        return next(iter(versions.values()))
-    pre = ArgumentParser(add_help=False)
-    pre.add_argument("--zero_version", default=next(iter(versions)))
-    known, _ = pre.parse_known_args(argv)
-    if known.zero_version not in versions:
-        raise UserError(f"--zero_version {known.zero_version!r} is not one of {', '.join(versions)}")
-    return versions[known.zero_version]
-
-
-def build_parser(setting: Setting, dataset: str) -> ArgumentParser:
-    p = ArgumentParser(description=f"Train SBKA on {setting.name}. With no flags this is the released code's run.")
-    versions = settings_of(dataset)
-    if len(versions) > 1:
-        p.add_argument("--zero_version", choices=list(versions), default=setting.split_dir,
-                       help="which zero-shot split")
-    p.add_argument("--data_root", default=None if setting.custom else "datasets",
-                   help=setting.data_root_help + (" (no default: required, except that --resume takes the run's)"
-                                                  if setting.custom else ""))
-    p.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
-                   help="weights of student and teacher: a file (the official ConvNeXt-V2 checkpoint, or a timm-format "
-                        "state dict, loaded strictly), 'timm' (timm's own pretrained weights of --model, from its "
-                        "cache or the Hugging Face Hub), or 'none' for random weights (smoke runs only)")
-    p.add_argument("--teacher_pretrained", default=None,
-                   help="the teacher's weights when they differ from --pretrained (a file, 'timm' or 'none'; "
-                        "default: --pretrained)")
-    p.add_argument("--savedir", default=setting.checkpoint_dir, help="run directory (checkpoints, log)")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="the student: any timm ImageNet-1k classifier (e.g. convnextv2_tiny, convnext_tiny, "
-                        "vit_small_patch16_224; a tag such as convnextv2_tiny.fcmae_ft_in1k picks --pretrained timm's "
-                        "weights)")
-    p.add_argument("--teacher_model", default=None,
-                   help="the teacher, a timm classifier of the 1000 ImageNet classes (default: --model)")
-    p.add_argument("--img_size", type=int, default=224, help="input size")
-    p.add_argument("--epochs", type=int, default=setting.epochs, help="training epochs, warm-up included")
-    p.add_argument("--warmup_epochs", type=int, default=setting.warmup_epochs,
-                   help="epochs 0..N-1 train the student only")
-    p.add_argument("--batch_size", type=int, default=setting.batch_size,
-                   help=f"global batch B of sketches + photos: {batch_rule(setting)}, so B is at least "
-                        f"{setting.sketch_divisor}")
-    p.add_argument("--lr", type=float, default=setting.lr, help="student learning rate")
-    p.add_argument("--teacher_lr", type=float, default=None,
-                   help=f"teacher-head learning rate (default: lr x {setting.teacher_lr_scale})")
-    p.add_argument("--lr_decay", type=float, default=LR_DECAY,
-                   help="lr(e) = lr * lr_decay ** (e / epochs); the released schedule uses 0.001")
-    p.add_argument("--augment", choices=("released", "none"), default="released",
-                   help="training augmentation: the released flip/scale/rotation/translation, or none (the demo's "
-                        "choice: from random weights on a few thousand images it learns several times faster)")
-    p.add_argument("--weight_decay", type=float, default=setting.weight_decay, help="Adam L2 weight decay")
-    p.add_argument("--workers", type=int, default=None,
-                   help="loader workers per loader (default: this machine's cores shared by its processes, at most 8)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
-    p.add_argument("--channels_last", action="store_true", help="channels-last memory format")
-    p.add_argument("--gpu_normalize", action="store_true",
-                   help="loaders send uint8; ToTensor/Normalize run on the device (same values, same draws)")
-    p.add_argument("--resume", action="store_true",
-                   help=f"continue the run in <savedir>/{LAST_CHECKPOINT_FILE} with the flags it was started with; "
-                        f"only {', '.join('--' + f for f in MACHINE_FLAGS[:4] + MOVABLE_FLAGS)} may be given anew")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start afresh in a --savedir that holds another run; that run's files are removed once "
-                        "this run has written its first checkpoint")
-    smoke = smoke_preset(setting)
-    p.add_argument("--smoke", action="store_true",
-                   help="a few minutes on a CPU: " + ", ".join(f"--{k} {v}" for k, v in smoke.items())
-                        + " (random weights: it checks the machinery, not the method; flags given win)")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling, augmentation, prior noise")
-    p.add_argument("--max_steps_per_epoch", type=int, default=None, help="cap steps per epoch (smoke runs)")
-    p.add_argument("--max_val_images", type=int, default=None,
-                   help="validate on this many sketches spread over the validation list (smoke runs; default: all)")
-    p.add_argument("--classifier_init_std", type=float, default=CLASSIFIER_INIT_STD,
-                   help="std of the new seen-class classifier's truncated-normal init (released: 2e-5; a "
-                        "from-scratch run learns much faster with 0.02)")
-    p.add_argument("--val_fraction", type=float, default=setting.val_fraction,
-                   help="per-class hold-out of training sketches when the split has no *_test list"
-                   if setting.val_list_by_default else   # QuickDraw: the released run validates on nothing
-                   f"hold out this fraction of each class's training sketches for validation and keep the best "
-                   f"epoch (e.g. {VAL_FRACTION}); 0: no validation, all training sketches train and the last "
-                   f"epoch is {BEST_CHECKPOINT_FILE}, as in the released run")
-    if not setting.val_list_by_default:
-        p.add_argument("--val_list", action="store_true",
-                       help="validate on the split's sketch_test-role list (sketch_filelist_test.txt, "
-                            "sketch_test.txt or sketch_tx_..._filelist_test.txt) and keep the best epoch")
-    p.add_argument("--prior_weight", type=float, default=PRIOR_WEIGHT,
-                   help=f"weight of the Gaussian-prior KL term in the student objective (released: {PRIOR_WEIGHT:g}; "
-                        "0: no prior)")
-    p.add_argument("--semantic_bias", type=float, default=SEMANTIC_BIAS,
-                   help=f"weight of the cid_mask row added to both distillation targets (released: "
-                        f"{SEMANTIC_BIAS:g}; 0: no semantic bias)")
-    p.add_argument("--detach_reverse_target", action="store_true",
-                   help="variant: the reverse loss L_kd(t<-s) does not push the student")
-    p.add_argument("--no_figures", action="store_true", help=f"do not write {TRAINING_CURVES_FILE} (and its PDF)")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
-    return p
-
-
-def check_args(args: argparse.Namespace) -> None:
-    for flag in ("epochs", "batch_size", "img_size"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    if args.warmup_epochs < 0:
-        raise UserError(f"--warmup_epochs must be 0 or more, got {args.warmup_epochs}")
-    if args.workers is not None and args.workers < 0:
-        raise UserError(f"--workers must be 0 or more, got {args.workers}")
-    check_model_name(args.model, "--model")
-    if args.teacher_model is not None:
-        check_model_name(args.teacher_model, "--teacher_model")
-    for flag in ("max_steps_per_epoch", "max_val_images"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    if not 0 < args.lr_decay <= 1:
-        raise UserError(f"--lr_decay must be in (0, 1], got {args.lr_decay}")
-    for flag in ("lr", "weight_decay", "prior_weight", "semantic_bias"):
-        if not math.isfinite(getattr(args, flag)) or getattr(args, flag) < 0:
-            raise UserError(f"--{flag} must be a non-negative number, got {getattr(args, flag)}")
-
-
 def parse_run_args(dataset: str, argv: Sequence[str]) -> tuple[Setting, argparse.Namespace, dict[str, Any]]:
     """The flags of a run: defaults, then ``--smoke``'s preset, then (``--resume``) the run's own flags, with
     what was typed winning where it may. Also returns the typed flags (``{dest: value}``)."""
     setting = choose_setting(dataset, argv)
-    parser = build_parser(setting, dataset)
+    parser = build_train_parser(setting, dataset)
     args = parser.parse_args(argv)
     explicit = explicit_flags(parser, argv)
     if args.smoke:
@@ -196,7 +63,10 @@ def parse_run_args(dataset: str, argv: Sequence[str]) -> tuple[Setting, argparse
             setting = settings_of(dataset)[args.zero_version]
     if args.data_root is None:
         raise UserError(f"--data_root ROOT is needed for {setting.name}: {setting.data_root_help}")
-    check_args(args)
+    check_train_args(args)
+    check_model_name(args.model, "--model")
+    if args.teacher_model is not None:
+        check_model_name(args.teacher_model, "--teacher_model")
     return setting, args, explicit
 
 
@@ -794,4 +664,4 @@ def main(dataset: str, argv: Optional[Sequence[str]] = None, *, demo: bool = Fal
         cleanup(info)
 
 
-__all__ = ["main", "lr_at", "step_losses", "Trainer", "build_parser", "get_setting"]
+__all__ = ["main", "lr_at", "step_losses", "Trainer", "get_setting"]

@@ -30,7 +30,8 @@ from data.images import to_rgb
 from data.transforms import test_transform
 from data.registry import Setting
 from engine.extract import extract_features, load_student_for
-from retrieval.cluster_matching import DEFAULT_ALPHA, check_pq_shape
+from retrieval.cluster_matching import check_pq_shape
+from retrieval.defaults import DEFAULT_ALPHA
 from retrieval.search import DEFAULT_CHUNK, MatchingCodes, rank
 from utils.errors import UserError
 from utils.precision import exact_float32

@@ -12,8 +12,7 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
-PRIOR_WEIGHT = 0.1     # weight of L_prior in the student objective
-SEMANTIC_BIAS = 0.3    # weight of the cid_mask row added to the target logits of both distillation terms
+from losses.defaults import PRIOR_WEIGHT, SEMANTIC_BIAS
 
 # What each logged term is (the training-curve figure's legend).
 LOSS_TERM_LABELS = {"loss_ce": "ce: seen-class cross-entropy", "loss_kd": "kd: student \u2190 teacher",

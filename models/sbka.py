@@ -16,10 +16,7 @@ from timm.models import get_pretrained_cfg
 
 from utils.errors import UserError
 
-DEFAULT_MODEL = "convnextv2_tiny"
-IMAGENET_CLASSES = 1000      # the cid_mask and the distillation targets are over ImageNet-1k's classes
-CLASSIFIER_INIT_STD = 2e-5   # the released code's init of the new seen-class classifier
-OFFICIAL_FILE = "convnextv2_tiny_1k_224_ema.pt"   # the paper's pretrained weights (README, 'Pretrained weights')
+from models.defaults import CLASSIFIER_INIT_STD, IMAGENET_CLASSES, OFFICIAL_FILE
 
 
 def check_model_name(model_name: str, flag: str = "--model") -> None:

@@ -19,10 +19,7 @@ import torch
 
 from utils.errors import UserError
 
-QUANTIZERS = ("gmm", "kmeans")
-COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
-DEFAULT_ALPHA = 0.8
-DEFAULT_SEED = 123       # the released PQ.fit seeds NumPy's global generator with 123 before fitting
+from retrieval.defaults import DEFAULT_SEED
 
 
 @dataclass

@@ -17,25 +17,6 @@ AVERAGING_NOTE = ("per class = mean over classes of the mean over each class's q
 TIE_NOTE = "equal distances are ranked by gallery index (stable sort)"
 PAPER_MARKED = "the pair the paper's table reports"
 
-# What a results.json scores, its "kind": a real run ("run", the only kind retrieval.tables counts), `make demo`'s
-# trained run ("demo") or the untrained network it starts from ("baseline").
-RESULT_KINDS = ("run", "demo", "baseline")
-# The demo's reports say so: its numbers are the generated shapes', not Sketchy's.
-DEMO_LABEL = "demo (generated shapes, run with the sketchy/zeroshot1 scripts)"
-BASELINE_LABEL = f"{DEMO_LABEL}, untrained network"
-
-
-def results_kind(results: dict[str, Any]) -> str:
-    """The ``kind`` of a results.json; files written before the field existed are told apart by the demo's labels."""
-    kind = results.get("kind")
-    if kind in RESULT_KINDS:
-        return kind
-    label = str(results.get("label") or "")
-    if label == BASELINE_LABEL:
-        return "baseline"
-    return "demo" if label.startswith(DEMO_LABEL) else "run"
-
-
 @dataclass
 class ReportContext:
     """What the tables need besides ``results.json``."""

@@ -14,7 +14,8 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from retrieval.cluster_matching import DEFAULT_ALPHA, DEFAULT_SEED, Codebook, blend_, cluster_distances, encode, fit_codebook
+from retrieval.cluster_matching import Codebook, blend_, cluster_distances, encode, fit_codebook
+from retrieval.defaults import DEFAULT_ALPHA, DEFAULT_SEED
 from retrieval.distances import euclidean_distances, euclidean_order_scores, squared_norms
 from retrieval.feature_io import FeatureSet
 from retrieval.metrics import DistanceFn, QueryMetrics, evaluate_ranking, new_workspace, ranking_keys

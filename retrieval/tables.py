@@ -19,10 +19,10 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from data.registry import SETTINGS
-from retrieval.report import results_kind
+from retrieval.result_kinds import results_kind
 from utils.checkpoint import atomic_write
 from utils.errors import UserError, run_cli
 from utils.cli import ArgumentParser

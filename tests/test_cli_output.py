@@ -7,6 +7,7 @@ import runpy
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,9 @@ from data import from_folders as data_from_folders
 from data.registry import SETTINGS
 from engine import check as engine_check
 from engine import demo as engine_demo
-from engine import evaluate, train
+from engine import flags
 from retrieval import tables
+from utils import runtime
 from utils.checkpoint import atomic_write
 from utils.cli import ArgumentParser, explicit_flags
 from utils.progress import LineProgress, progress
@@ -29,9 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _parsers():
     for dataset in ("sketchy", "tuberlin", "quickdraw", "custom"):
-        yield f"train {dataset}", train.build_parser(train.choose_setting(dataset, []), dataset)
+        yield f"train {dataset}", flags.build_train_parser(flags.choose_setting(dataset, []), dataset)
     for name, setting in SETTINGS.items():
-        yield f"test {name}", evaluate.build_parser(setting)
+        yield f"test {name}", flags.build_test_parser(setting)
     yield "engine.demo", engine_demo.build_parser()
     yield "data.demo", data_demo.build_parser()
     yield "data.check", data_check.build_parser()
@@ -113,7 +115,7 @@ def test_written_files_get_the_umasks_permissions(tmp_path, umask, mode):
 ENTRY_POINTS = [[script] for script in sorted({s for setting in SETTINGS.values()
                                                for s in (setting.train_script, setting.test_script)})] + \
     [["search_app.py", "--resume_dir", "run"]] + \
-    [["-m", module] for module in ("engine.demo", "data.check", "data.demo", "retrieval.tables")]
+    [["-m", module] for module in ("engine.demo", "data.check", "data.demo")]
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS, ids=lambda e: e[-1] if e[0] == "-m" else e[0])
@@ -129,6 +131,51 @@ def test_a_missing_dependency_is_one_sentence(entry, tmp_path):
     assert ".venv/bin/activate" in lines[0] and "requirements.txt" in lines[0], lines[0]
 
 
+# Runs an entry point (argv after the interpreter) with torch, torchvision, timm and scikit-learn made unimportable:
+# what it does before the first of them loads is what a user waits for on a mistyped flag or --help.
+WITHOUT_TORCH = """
+import runpy, sys
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision", "timm", "sklearn"):
+            raise ImportError(f"{name} was imported before the flags were read")
+sys.meta_path.insert(0, Refuse())
+entry = sys.argv[1:]
+if entry[0] == "-m":
+    sys.argv = [entry[1], *entry[2:]]
+    runpy.run_module(entry[1], run_name="__main__", alter_sys=True)
+else:
+    sys.argv = entry
+    runpy.run_path(entry[0], run_name="__main__")
+"""
+def test_the_table_needs_only_the_standard_library(tmp_path):
+    """``python -m retrieval.tables`` reads results.json files: it runs without site-packages (``-S``) and gets as
+    far as the user's own mistake (a folder with no results)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SBKA_DEBUG")}
+    proc = subprocess.run([sys.executable, "-S", "-m", "retrieval.tables", "--runs", str(tmp_path)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: no results.json under {tmp_path}"), proc.stderr
+
+
+CLI_ENTRY_POINTS = ENTRY_POINTS + [["-m", "retrieval.tables"], ["-m", "engine.check"], ["-m", "engine.reproduce"],
+                                   ["-m", "data.from_folders", "ROOT"]]
+
+
+@pytest.mark.parametrize("entry", CLI_ENTRY_POINTS, ids=lambda e: e[1] if e[0] == "-m" else e[0])
+def test_flags_are_read_before_torch_loads(entry):
+    """A mistyped flag and --help answer without loading torch (seconds on a busy machine): every entry point
+    parses its flags first."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SBKA_DEBUG")}
+    typo = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, *entry, "--no_such_flag"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert typo.returncode == 2, typo.stderr
+    assert typo.stderr.startswith("error: unrecognized arguments: --no_such_flag") and \
+        len(typo.stderr.splitlines()) == 1, typo.stderr
+    helped = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, *entry, "--help"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage:"), helped.stderr
+
+
 def test_a_typo_flag_is_one_error_line():
     """Not argparse's usage dump: the one ``error:`` line of every user error, with the near flag and --help."""
     proc = subprocess.run([sys.executable, "-m", "retrieval.tables", "--runs", "x", "--digts", "2"], cwd=ROOT,
@@ -138,13 +185,106 @@ def test_a_typo_flag_is_one_error_line():
                                         "--digts?) (`python -m retrieval.tables --help` lists the flags)"]
 
 
-@pytest.mark.parametrize("given, expected", [({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"),
-                                             ({"GOMP_SPINCOUNT": "300000"}, None)])
-def test_idle_openmp_threads_sleep_unless_the_user_chose(given, expected):
-    """Importing any package of the project (here the dataset check's, the first import of its entry point) sets
-    OMP_WAIT_POLICY=PASSIVE before torch can load, and leaves a user's choice alone."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    code = "import os, sys, data.check; print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, **given}, capture_output=True,
-                          text=True, timeout=120)
-    assert proc.stdout.split() == [str(expected), "False"], proc.stderr
+SPIN = "import time\nend = time.monotonic() + 120\nwhile time.monotonic() < end:\n    pass\n"
+OPENMP_STATE = ("import os, sys, {module}; print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'), "
+                "'torch' in sys.modules)")
+
+
+def openmp_state(module: str, given: dict, busy: bool) -> list[str]:
+    """OMP_WAIT_POLICY, GOMP_SPINCOUNT and whether torch loaded, after importing ``module`` in a fresh process,
+    with ``given`` in its environment and (``busy``) two processes spinning beside it."""
+    env = {k: v for k, v in os.environ.items() if k not in (*runtime.OPENMP_VARIABLES, runtime.AUTO_MARK)}
+    spinners = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(2 if busy else 0)]
+    try:
+        time.sleep(0.3 if busy else 0)
+        proc = subprocess.run([sys.executable, "-c", OPENMP_STATE.format(module=module)], cwd=ROOT,
+                              env={**env, **given}, capture_output=True, text=True, timeout=120)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()
+
+
+@pytest.mark.parametrize("given, expected", [({"OMP_WAIT_POLICY": "ACTIVE"}, ["ACTIVE", "None"]),
+                                             ({"GOMP_SPINCOUNT": "300000"}, ["None", "300000"])])
+def test_a_users_openmp_setting_is_kept(given, expected):
+    """Importing any package of the project (here the dataset check's, the first import of its entry point)
+    leaves the user's OMP_WAIT_POLICY or GOMP_SPINCOUNT alone, and loads no torch."""
+    assert openmp_state("data.check", given, busy=True) == [*expected, "False"]
+
+
+def test_idle_openmp_threads_sleep_on_a_busy_machine():
+    """Beside two spinning processes (2 runnable threads besides this one), idle threads sleep."""
+    assert openmp_state("data.check", {}, busy=True) == ["PASSIVE", "None", "False"]
+
+
+def test_the_apps_idle_threads_always_sleep():
+    """The app sleeps between queries whatever the load: its package sets PASSIVE after the utils import chose,
+    before torch loads."""
+    assert openmp_state("utils, app", {}, busy=False) == ["PASSIVE", "None", "False"]
+
+
+@pytest.fixture
+def fresh_choice(monkeypatch):
+    """prepare_process as in a new process before torch loads, reading ``others`` runnable threads."""
+    for name in (*runtime.OPENMP_VARIABLES, runtime.AUTO_MARK):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delitem(sys.modules, "torch", raising=False)       # put back after the test
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(runtime, "_decided", False)
+
+    def choose(others, environ=None, sleep=False):
+        for name, value in (environ or {}).items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setattr(runtime, "other_runnable", lambda: others)
+        runtime.prepare_process(sleep=sleep)
+        return {k: os.environ[k] for k in (*runtime.OPENMP_VARIABLES, runtime.AUTO_MARK) if k in os.environ}
+    return choose
+
+
+def test_openmp_setting_follows_the_load_at_start(fresh_choice):
+    assert fresh_choice(0.0) == {}                                  # quiet: OpenMP's own default, untouched
+    runtime._decided = False
+    assert fresh_choice(2.0) == {"OMP_WAIT_POLICY": "PASSIVE", runtime.AUTO_MARK: "OMP_WAIT_POLICY=PASSIVE"}
+
+
+def test_a_child_chooses_again_but_keeps_the_users_setting(fresh_choice):
+    marked = {"OMP_WAIT_POLICY": "PASSIVE", runtime.AUTO_MARK: "OMP_WAIT_POLICY=PASSIVE"}
+    assert fresh_choice(0.0, marked) == {}       # its parent started on a busy machine; this one starts quietly
+    runtime._decided = False
+    assert fresh_choice(2.0, {"OMP_WAIT_POLICY": "ACTIVE"}) == {"OMP_WAIT_POLICY": "ACTIVE"}
+
+
+def test_the_app_overrides_an_automatic_choice(fresh_choice):
+    assert fresh_choice(0.0) == {}
+    assert fresh_choice(0.0, sleep=True) == {"OMP_WAIT_POLICY": "PASSIVE",
+                                             runtime.AUTO_MARK: "OMP_WAIT_POLICY=PASSIVE"}
+
+
+@pytest.mark.parametrize("others, sleep, expected", [(0.0, False, None), (0.4, False, None),
+                                                     (0.6, False, runtime.SLEEP), (3.0, False, runtime.SLEEP),
+                                                     (None, False, runtime.SLEEP), (0.0, True, runtime.SLEEP)])
+def test_openmp_choice_follows_the_other_runnable_threads(others, sleep, expected):
+    assert runtime.openmp_choice(others, sleep) == expected
+
+
+def test_other_runnable_threads_are_read_from_proc_stat(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  1 2 3\nprocs_running 4\nprocs_blocked 0\n")
+    assert runtime.other_runnable(samples=3, interval_s=0, stat=str(stat)) == 3.0
+    stat.write_text("cpu  1 2 3\n")
+    assert runtime.other_runnable(samples=3, interval_s=0, stat=str(stat)) is None
+    assert runtime.other_runnable(samples=3, interval_s=0, stat=str(tmp_path / "absent")) is None
+
+
+@pytest.mark.parametrize("environ, chose", [({}, False), ({"OMP_WAIT_POLICY": "ACTIVE"}, True),
+                                            ({"OMP_WAIT_POLICY": "PASSIVE", "SBKA_OPENMP_AUTO": "OMP_WAIT_POLICY=PASSIVE"},
+                                             False),
+                                            ({"OMP_WAIT_POLICY": "ACTIVE", "SBKA_OPENMP_AUTO": "OMP_WAIT_POLICY=PASSIVE"},
+                                             True),
+                                            ({"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "10000",
+                                              "SBKA_OPENMP_AUTO": "OMP_WAIT_POLICY=PASSIVE"}, True)])
+def test_only_an_unmarked_or_changed_setting_is_the_users(environ, chose):
+    assert runtime.user_chose(environ) is chose

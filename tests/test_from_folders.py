@@ -105,7 +105,7 @@ def test_unreadable_images_are_skipped_and_named(tmp_path, capsys):
     broken.write_bytes(b"not a jpeg")
     code, out, err = make_split(root, "--unseen", "arrow", capsys=capsys)
     assert code == 0, err
-    assert f"warning: 1 unreadable image(s) were skipped" in out and f"{broken} cannot be decoded" in out
+    assert "warning: 1 unreadable image(s) were skipped" in out and f"{broken} cannot be decoded" in out
     assert all("broken" not in f.read_text() for f in (root / "zeroshot").glob("*.txt"))
     for good in (root / "photos" / "circle").glob("photo *.jpg"):   # a class with nothing readable is refused
         good.write_bytes(b"")

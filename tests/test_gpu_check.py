@@ -12,10 +12,11 @@ import torch
 from PIL import Image
 
 from data.dataset import ListDataset
-from data.transforms import normalize_on_device, to_model_input, train_transform
+from data.transforms import normalize_on_device, train_transform
 from data.transforms import test_transform as eval_transform
 from engine.extract import extract_features
-from engine.train import Trainer, build_parser, choose_setting, seed_epoch
+from engine.flags import build_train_parser, choose_setting
+from engine.train import Trainer, seed_epoch
 from models import build_student
 from utils.distributed import DistInfo
 
@@ -107,7 +108,7 @@ def _first_batch(tree, savedir, *extra):
     argv = ["--data_root", str(tree), "--savedir", str(savedir), "--model", "convnextv2_atto", "--pretrained",
             "none", "--img_size", "32", "--batch_size", "6", "--workers", "0", "--device", "cpu", *extra]
     setting = choose_setting("sketchy", argv)
-    args = build_parser(setting, "sketchy").parse_args(argv)
+    args = build_train_parser(setting, "sketchy").parse_args(argv)
     trainer = Trainer(args, setting, DistInfo(), torch.device("cpu"))
     seed_epoch(args.seed, 0, 0)
     trainer.sketch_sampler.set_epoch(0)

@@ -6,7 +6,6 @@ One uninterrupted reproduce is shared by the module (16 subprocesses); the other
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import shutil

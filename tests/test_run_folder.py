@@ -207,10 +207,10 @@ def test_mode_1_keeps_the_one_to_many_section_of_the_same_features(tmp_path, mon
 
 def test_every_flag_has_help_and_shows_its_default_once():
     from data.registry import SETTINGS
-    from engine.evaluate import build_parser
+    from engine.flags import build_test_parser
 
     for setting in SETTINGS.values():
-        parser = build_parser(setting)
+        parser = build_test_parser(setting)
         formatter = parser._get_formatter()
         for action in parser._actions:
             if action.dest == "help":
@@ -235,6 +235,7 @@ def test_sidecar_with_other_lists_and_no_checkpoint_is_refused(tmp_path, monkeyp
 def test_demo_reports_are_titled_as_the_demo(tmp_path, monkeypatch):
     """engine.demo runs the Sketchy test engine: its reports must say they are the demo's, not Sketchy's."""
     import engine.demo as demo
+    from engine import evaluate, train
 
     labels = []
 
@@ -245,8 +246,8 @@ def test_demo_reports_are_titled_as_the_demo(tmp_path, monkeypatch):
 
     monkeypatch.setattr(demo, "generate_demo_dataset",
                         lambda root, **kw: make_tree(root, layout="sketchy", **TINY_TREE).parent)
-    monkeypatch.setattr(demo.train, "main", lambda *args, **kwargs: None)
-    monkeypatch.setattr(demo.evaluate, "main", fake_evaluate)
+    monkeypatch.setattr(train, "main", lambda *args, **kwargs: None)      # the demo imports them when it runs
+    monkeypatch.setattr(evaluate, "main", fake_evaluate)
     demo.main(["--data_root", str(tmp_path / "Demo"), "--savedir", str(tmp_path / "run"), "--workers", "0",
                "--no_figures"])
     assert len(labels) == 2 and all(label and label.startswith("demo") for label in labels), labels

@@ -11,7 +11,8 @@ import pytest
 from data.registry import get_setting
 from retrieval import tables
 from retrieval.metrics import METRIC_KEYS
-from retrieval.report import BASELINE_LABEL, DEMO_LABEL, ReportContext, write_results
+from retrieval.report import ReportContext, write_results
+from retrieval.result_kinds import BASELINE_LABEL, DEMO_LABEL
 from utils.errors import UserError
 
 # The published rows exactly as issue 10 lists them ("—" = not reported).

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from data.registry import get_setting
-from engine import train
+from engine import flags
 from engine.runs import batch_message, cpu_estimate
 from engine.train import Trainer, main, parse_run_args
 from tests.fixtures import make_tree
@@ -180,7 +180,7 @@ def test_batch_message_and_cpu_estimate():
     sketchy = get_setting("sketchy/zeroshot1")
     assert batch_message(sketchy, 20) == (
         "batch 20 -> 6 sketches + 12 photos; 2 images unused: Sketchy takes B//3 sketches and 2*(B//3) photos")
-    help_text = " ".join(train.build_parser(get_setting("tuberlin/zeroshot"), "tuberlin").format_help().split())
+    help_text = " ".join(flags.build_train_parser(get_setting("tuberlin/zeroshot"), "tuberlin").format_help().split())
     assert "TUBerlin takes B//10 sketches and 9*(B//10) photos, so B is at least 10" in help_text
     full = cpu_estimate("convnextv2_tiny", 224, 210, 415, 20, 6000, 2)
     smoke = cpu_estimate("convnextv2_atto", 64, 12, 10, 2, 300, 2)

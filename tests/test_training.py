@@ -11,7 +11,8 @@ import torch
 
 from data.registry import QUICKDRAW_AUTHORS_NAMES, resolve_paths
 from engine import train
-from engine.train import Trainer, build_data, build_parser, choose_setting, initial_student, main, seed_epoch
+from engine.flags import build_train_parser, choose_setting
+from engine.train import Trainer, build_data, initial_student, main, seed_epoch
 from tests.fixtures import make_tree
 from utils.checkpoint import load_checkpoint
 from utils.distributed import DistInfo
@@ -26,7 +27,7 @@ TINY = ["--model", "convnextv2_atto", "--pretrained", "none", "--img_size", "32"
 def _args(data_root, savedir, *extra, dataset="sketchy"):
     argv = ["--data_root", str(data_root), "--savedir", str(savedir), *TINY, *extra]
     setting = choose_setting(dataset, argv)
-    return build_parser(setting, dataset).parse_args(argv), setting
+    return build_train_parser(setting, dataset).parse_args(argv), setting
 
 
 def _snapshot(module):

@@ -6,8 +6,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-import torch
-
 from utils.errors import UserError
 
 
@@ -43,11 +41,15 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """torch.save through :func:`atomic_write`."""
+    import torch     # here, not at the top: atomic_write serves scripts that never load torch (their --help too)
+
     atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """torch.load with weights_only=True; errors become one sentence naming the file."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")

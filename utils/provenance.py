@@ -18,12 +18,13 @@ import json
 import subprocess
 import uuid
 from pathlib import Path
-from typing import Any, Mapping, Optional
-
-import torch
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from utils.checkpoint import atomic_write
 from utils.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 PROVENANCE_FORMAT = 1
 _ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +41,8 @@ def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
 
     Two state dicts hash alike exactly when they hold the same tensors under the same names.
     """
+    import torch     # here: the rest of this module serves scripts that never load torch
+
     h = hashlib.sha256()
     items = sorted((k.removeprefix("module."), v) for k, v in state_dict.items())
     for name, tensor in items:
