@@ -448,8 +448,8 @@ def section_profile(sec: Section, args, plan: Plan, device, images) -> None:
 
 # ----------------------------------------------------------------------------------------------- loader
 def section_loader(sec: Section, args, plan: Plan, device, budget: Budget, ctx: dict) -> None:
-    from data.dataset import VAL_FRACTION, ListDataset
-    from data.registry import get_setting, resolve_paths
+    from data.dataset import ListDataset
+    from data.registry import VAL_FRACTION, get_setting, resolve_paths
     from data.transforms import train_transform
     from engine.train import Trainer, build_data, make_loader
     from utils.distributed import DistInfo, default_workers
