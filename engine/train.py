@@ -430,18 +430,36 @@ class Trainer:
         self.epochs_done = epoch + 1
 
     def write_checkpoints(self, epoch: int, improved: bool, bidirectional: bool) -> None:
-        ckpt = self.savedir / LAST_CHECKPOINT_FILE
-        atomic_save(self.state(epoch + 1), ckpt)
-        self.remove_earlier_run()
-        if epoch == self.start_epoch and not self.args.resume:   # --overwrite keeps the earlier run's till now
-            write_args_file(self.savedir, self.setting, self.args)
+        """model_best first, then checkpoint.pth.tar: a run stopped between the two writes (a kill, a full disk)
+        has the previous epoch as its last checkpoint and redoes this epoch on --resume, whereas the other order
+        could leave a finished checkpoint beside a missing or stale model_best. An --overwrite run's first
+        checkpoint is the exception: it comes first, as nothing of the earlier run goes before it."""
+        ckpt, best = self.savedir / LAST_CHECKPOINT_FILE, self.savedir / BEST_CHECKPOINT_FILE
         last = epoch == self.args.epochs - 1
-        if improved or (bidirectional and self.data.val is None):
-            copy_atomic(ckpt, self.savedir / BEST_CHECKPOINT_FILE)
-        elif last and not (self.savedir / BEST_CHECKPOINT_FILE).exists():
+        earlier_best = any(f.name == BEST_CHECKPOINT_FILE for f in self.earlier_files)
+        to_best = improved or (bidirectional and self.data.val is None)
+        if not to_best and last and (earlier_best or not best.exists()):
             print(f"note: no epoch after warm-up beat the warm-up's best top-1; {BEST_CHECKPOINT_FILE} = the last "
                   "epoch")
-            copy_atomic(ckpt, self.savedir / BEST_CHECKPOINT_FILE)
+            to_best = True
+        if to_best and not self.earlier_files:
+            atomic_save(self.state(epoch + 1), best)
+            copy_atomic(best, ckpt)
+        else:
+            atomic_save(self.state(epoch + 1), ckpt)
+            self.remove_earlier_run()
+            if to_best:
+                copy_atomic(ckpt, best)
+        if epoch == self.start_epoch and not self.args.resume:   # --overwrite keeps the earlier run's till now
+            write_args_file(self.savedir, self.setting, self.args)
+
+    def ensure_best(self) -> None:
+        """A finished run without model_best (stopped between an --overwrite run's first writes) gets its last
+        checkpoint, the rule of a run whose warm-up held the best top-1."""
+        ckpt, best = self.savedir / LAST_CHECKPOINT_FILE, self.savedir / BEST_CHECKPOINT_FILE
+        if ckpt.is_file() and not best.exists():
+            print(f"note: {best.name} was missing; it is the last epoch's checkpoint")
+            copy_atomic(ckpt, best)
 
     def remove_earlier_run(self) -> None:
         """--overwrite: the earlier run's files go once this run has written its first checkpoint."""
@@ -612,6 +630,7 @@ class Trainer:
                 if self.is_main:
                     self.log_epoch(epoch, lr_s, lr_t, stats, top1)
         if self.is_main:
+            self.ensure_best()
             print(f"done: {self.savedir / LAST_CHECKPOINT_FILE}, {self.savedir / BEST_CHECKPOINT_FILE}, "
                   f"{self.savedir / LOG_FILE}")
 

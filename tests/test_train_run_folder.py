@@ -138,6 +138,31 @@ def test_interrupted_run_resumes_with_its_own_flags_from_the_printed_command(tre
     assert recorded["setting"] == "sketchy/zeroshot1" and recorded["version"]
 
 
+def test_a_run_stopped_between_its_two_checkpoint_writes_resumes_to_the_same_files(tree, finished, tmp_path,
+                                                                                     monkeypatch):
+    """Killed after the first of the final epoch's two files (model_best, then checkpoint) was written: the
+    checkpoint still says one epoch is left, --resume redoes it, and model_best is the uninterrupted run's, not
+    missing or stale (the other order left a finished checkpoint beside no model_best)."""
+    import engine.train as train_module
+
+    run = tmp_path / "run"
+
+    def killed(src, dst):
+        raise KeyboardInterrupt             # the second write of the epoch never happens
+    monkeypatch.setattr(train_module, "copy_atomic", killed)
+    with pytest.raises(KeyboardInterrupt):
+        main("sketchy", _argv(tree, run, *TINY, *SHAPE, "--seed", "3"))
+    monkeypatch.undo()
+
+    assert load_checkpoint(run / LAST_CHECKPOINT_FILE)["epoch"] == 1      # the final epoch is not marked done
+    main("sketchy", ["--resume", "--savedir", str(run)])
+    last, best = load_checkpoint(run / LAST_CHECKPOINT_FILE), load_checkpoint(run / BEST_CHECKPOINT_FILE)
+    reference = load_checkpoint(finished / BEST_CHECKPOINT_FILE)         # the same run, never stopped
+    assert (last["epoch"], best["epoch"]) == (2, 2)
+    assert best["provenance"]["run_id"] == last["provenance"]["run_id"]
+    assert best["provenance"]["student_sha256"] == reference["provenance"]["student_sha256"]
+
+
 def test_resume_refuses_every_differing_flag_and_accepts_operational_ones(tree, finished):
     with pytest.raises(UserError) as refused:
         parse_run_args("sketchy", _argv(tree, finished, "--resume", "--batch_size", "24", "--epochs", "5",
