@@ -1,7 +1,7 @@
 """Zero-shot SBIR test on your own folder tree (custom/zeroshot, --data_root ROOT); `--help` lists the flags."""
 import functools
 
-from engine.flags import test_entry   # reads the flags before torch loads, then tests
+from engine.entry import test_entry   # reads the flags before torch loads, then tests
 from utils.errors import run_cli
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Train SBKA on your own folder tree (`python -m data.from_folders ROOT` first); `--help` lists the flags."""
-from engine.flags import train_entry   # reads the flags before torch loads, then trains
+from engine.entry import train_entry   # reads the flags before torch loads, then trains
 from utils.errors import run_cli
 
 if __name__ == "__main__":

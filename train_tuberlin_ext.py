@@ -1,5 +1,5 @@
 """Train SBKA on tuberlin; `--help` lists the flags, no flags = the released run."""
-from engine.flags import train_entry   # reads the flags before torch loads, then trains
+from engine.entry import train_entry   # reads the flags before torch loads, then trains
 from utils.errors import run_cli
 
 if __name__ == "__main__":

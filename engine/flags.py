@@ -1,16 +1,16 @@
 """The flags of the train and test scripts, in a module that does not import torch.
 
-The entry scripts parse here first (``train_entry`` / ``test_entry``), so ``--help``, a mistyped flag or a bad
+The entry scripts parse with these parsers first (engine/entry.py), so ``--help``, a mistyped flag or a bad
 value answers in a moment instead of after torch's start-up; the run itself (engine/train.py,
-engine/evaluate.py) then parses the same flags again with the same parsers.
+engine/evaluate.py) then parses the same flags again with the same parsers. This module imports no other
+module of the engine.
 """
 from __future__ import annotations
 
 import argparse
 import math
 import os
-import sys
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 from data.registry import SETTINGS, VAL_FRACTION, Setting, get_setting
 from losses.defaults import PRIOR_WEIGHT, SEMANTIC_BIAS
@@ -240,21 +240,3 @@ def check_test_args(args: argparse.Namespace) -> None:
     if args.gmm_max_samples is not None and args.gmm_max_samples < 2:
         raise UserError(f"--gmm_max_samples must be at least 2, got {args.gmm_max_samples}")
 
-
-
-
-# ----------------------------------------------------------------------------------------------- entry points
-def train_entry(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
-    """``train_<dataset>.py``: the flags first (no torch yet: ``--help`` and typos answer at once), then the run."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    build_train_parser(choose_setting(dataset, argv), dataset).parse_args(argv)
-    from engine.train import main     # torch loads here
-    main(dataset, argv)
-
-
-def test_entry(argv: Optional[Sequence[str]], setting_name: str) -> None:
-    """``test_<setting>_zeroshot.py``: the flags first and checked (no torch yet), then the test."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    check_test_args(build_test_parser(get_setting(setting_name)).parse_args(argv))
-    from engine.evaluate import main  # torch loads here
-    main(argv, setting_name)

@@ -92,3 +92,66 @@ def test_model_best_is_a_literal_in_one_module():
 @pytest.mark.parametrize("name", RUN_FILES)
 def test_no_run_folder_file_name_is_written_outside_its_home(name):
     assert set(name_holders(name)) <= {"utils/run_files.py"}     # the figures' PDF names are derived there
+
+
+def module_of(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Project module -> the project modules it imports (function-level imports included; ``from a.b import c``
+    counts as ``a.b.c`` when that is a module, else ``a.b``)."""
+    modules = {module_of(p): p for p in project_sources() if floor_of(p) != "scripts"}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for _, imported in imported_modules(ast.parse(path.read_text(encoding="utf-8"))):
+            while imported and imported not in modules:
+                imported = imported.rpartition(".")[0]
+            if imported and imported != name:
+                targets.add(imported)
+        graph[name] = targets
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected group of more than one module (Tarjan), each sorted."""
+    index, low, stack, on_stack, groups, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return groups
+
+
+def test_no_import_circle_among_the_project_modules():
+    graph = import_graph()
+    assert "engine.flags" in graph and not any(m.startswith("engine") for m in graph["engine.flags"])
+    assert import_cycles(graph) == []
+
+
+def test_the_circle_check_finds_a_circle():
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
