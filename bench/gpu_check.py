@@ -99,10 +99,15 @@ def batch_holder(sketch_loader, photo_loader, device: torch.device, gpu_normaliz
     device, memory format and flag."""
     from utils.distributed import DistInfo
 
-    return SimpleNamespace(sketch_loader=sketch_loader, photo_loader=photo_loader, device=device,
-                           sketch_sampler=SimpleNamespace(global_sizes=lambda: sketch_sizes),
-                           photo_sampler=SimpleNamespace(global_sizes=lambda: photo_sizes), info=DistInfo(),
-                           memory_format=torch.channels_last, args=SimpleNamespace(gpu_normalize=gpu_normalize))
+    from engine.train import Trainer
+
+    holder = SimpleNamespace(sketch_loader=sketch_loader, photo_loader=photo_loader, device=device,
+                             sketch_sampler=SimpleNamespace(global_sizes=lambda: sketch_sizes),
+                             photo_sampler=SimpleNamespace(global_sizes=lambda: photo_sizes), info=DistInfo(),
+                             memory_format=torch.channels_last, args=SimpleNamespace(gpu_normalize=gpu_normalize))
+    holder.device_batches = lambda: Trainer.device_batches(holder)
+    holder.empty_half = lambda: Trainer.empty_half(holder)
+    return holder
 
 
 def smoke_plan() -> Plan:
@@ -452,7 +457,8 @@ def section_loader(sec: Section, args, plan: Plan, device, budget: Budget, ctx: 
     from data.registry import VAL_FRACTION, get_setting, resolve_paths
     from data.transforms import train_transform
     from engine.train import Trainer, build_data, make_loader
-    from utils.distributed import DistInfo, default_workers
+    from utils.cpus import loader_workers
+    from utils.distributed import DistInfo
 
     setting = get_setting(SETTING)
     paths = resolve_paths(setting, ctx["data_root"])
@@ -468,8 +474,8 @@ def section_loader(sec: Section, args, plan: Plan, device, budget: Budget, ctx: 
                     n += 1
             sec.row(pipeline=f"one core, {role.split('_')[0].replace('sketch', 'sketche')}s, {'float32 normalised' if normalize else 'uint8'}",
                     workers=0, img_s=n / (time.perf_counter() - t0), images=n)
-    workers = default_workers(DistInfo())           # the trainer's default per loader (two loaders)
     n_sk, n_ph = plan.n_sketch, plan.n_photo
+    workers = loader_workers(n_sk, n_ph, 1)         # the trainer's default split of one process's workers
     # the trainer's main process alone: Trainer.batches copies each half to the device, then concatenates,
     # shuffles and (with --gpu_normalize) normalises there
     for dtype in (torch.float32, torch.uint8):
@@ -489,8 +495,8 @@ def section_loader(sec: Section, args, plan: Plan, device, budget: Budget, ctx: 
     rates = {}
     for normalize in (True, False):
         data = build_data(setting, paths, plan.img_size, VAL_FRACTION, "released", normalize=normalize)
-        sk, sk_sampler = make_loader(data.sketches, n_sk, DistInfo(), 0, workers, cuda(device))
-        ph, ph_sampler = make_loader(data.photos, n_ph, DistInfo(), 1, workers, cuda(device))
+        sk, sk_sampler = make_loader(data.sketches, n_sk, DistInfo(), 0, workers.sketches, cuda(device))
+        ph, ph_sampler = make_loader(data.photos, n_ph, DistInfo(), 1, workers.photos, cuda(device))
         torch.manual_seed(0)
         holder = batch_holder(sk, ph, device, not normalize, sk_sampler.global_sizes(), ph_sampler.global_sizes())
         t0 = time.perf_counter()
@@ -509,7 +515,8 @@ def section_loader(sec: Section, args, plan: Plan, device, budget: Budget, ctx: 
         label = "float32, normalised in workers (released)" if normalize else "uint8, normalised on the device (--gpu_normalize)"
         rate = images / max(time.perf_counter() - first, 1e-9) if batches else float("nan")
         rates[normalize] = rate
-        sec.row(pipeline=f"train loaders: {label}", workers=f"{workers} + {workers}", img_s=rate, images=images,
+        sec.row(pipeline=f"train loaders: {label}", workers=f"{workers.sketches} + {workers.photos}", img_s=rate,
+                images=images,
                 first_batch_s=first - t0)
         del sk, ph, holder
     best_loader = max(r for r in rates.values() if r == r)

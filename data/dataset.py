@@ -1,6 +1,7 @@
 """The one list-file dataset used by every setting."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -11,6 +12,7 @@ from torch.utils.data import Dataset
 
 from data.images import read_problem, read_rgb
 from data.lists import parse_list_file
+from data.transforms import drawing_from
 from utils.errors import UserError
 
 
@@ -92,6 +94,33 @@ class ImageFiles(ListDataset):
                 raise
             blank = Image.new("RGB", (8, 8))
             return (self.transform(blank) if self.transform else torch.zeros(3, 8, 8)), -1
+
+
+class SeededAugmentation(Dataset):
+    """A training dataset whose items are keyed ``(index, epoch)``: the random augmentation of image ``index`` in
+    ``epoch`` draws from a generator of its own, seeded from (``seed``, epoch, index).
+
+    So an image's draw does not depend on which loader worker, process or worker count loads it, nor on what that
+    worker loaded before: workers may live across epochs (``persistent_workers``), a resumed run draws what the
+    uninterrupted one drew with any ``--workers``, and any number of processes draws what one process draws.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def item_seed(self, index: int, epoch: int) -> int:
+        digest = hashlib.blake2b(f"{self.seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") & (2**63 - 1)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, epoch = key
+        generator = torch.Generator()
+        generator.manual_seed(self.item_seed(index, epoch))
+        with drawing_from(generator):
+            return self.dataset[index]
 
 
 def holdout_indices(labels: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:

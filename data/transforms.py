@@ -1,8 +1,10 @@
 """Pre-processing of METHOD.md section 5, with Pillow and torchvision."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from typing import Iterator, Optional
 
 import torch
 from PIL import Image
@@ -10,6 +12,25 @@ from torchvision import transforms as T
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# The generator the augmentation draws from (None: torch's global one); see drawing_from.
+_generator: Optional[torch.Generator] = None
+
+
+@contextlib.contextmanager
+def drawing_from(generator: torch.Generator) -> Iterator[None]:
+    """Within the block, the augmentation draws from ``generator`` instead of torch's global generator (the
+    training loaders give each image of each epoch its own, data.dataset.SeededAugmentation)."""
+    global _generator
+    before, _generator = _generator, generator
+    try:
+        yield
+    finally:
+        _generator = before
+
+
+def _rand() -> float:
+    return torch.rand((), generator=_generator).item()
 
 
 def pillow_affine(sx: float, sy: float, angle: float, tx: float, ty: float) -> tuple[float, ...]:
@@ -66,11 +87,11 @@ class RandomAffineXY:
 
     @staticmethod
     def _uniform(a: float, b: float) -> float:
-        return a + (b - a) * torch.rand(()).item()  # torch's RNG, so --seed and worker seeding cover it
+        return a + (b - a) * _rand()  # torch's RNG (or the image's own generator), so --seed covers it
 
     def draw(self) -> tuple[bool, tuple[float, ...] | None] | None:
         """(flip, Pillow affine coefficients or None for no warp); None: image left alone."""
-        coin = lambda q: torch.rand(()).item() < q  # noqa: E731
+        coin = lambda q: _rand() < q  # noqa: E731
         if not coin(self.p):
             return None
         flip = coin(0.5)

@@ -27,9 +27,14 @@ LR_DECAY = 0.001           # lr(e) = base * LR_DECAY ** (e / epochs)
 
 DEFAULT_DATA_ROOT = "datasets"
 # Flags a --resume takes from this command, never from the run: where and how it executes.
-MACHINE_FLAGS = ("workers", "device", "no_figures", "debug", "resume", "overwrite", "savedir")
+MACHINE_FLAGS = ("workers", "device", "no_figures", "debug", "force_process_group", "resume", "overwrite", "savedir")
 # Flags restored from the run unless given; they may change (the data are checked by list fingerprints).
-MOVABLE_FLAGS = ("data_root", "amp", "channels_last", "gpu_normalize")
+MOVABLE_FLAGS = ("data_root", "amp", "channels_last", "gpu_normalize", "compile", "deterministic", "checkin_every")
+# Steps between two check-ins of the processes of a multi-process run (errors, non-finite losses): one
+# check-in costs a small all-reduce on the CPU, latency-bound, growing with the processes; at this cadence it
+# stays under 1 % of a step (bench/bench_checkin.py).
+CHECKIN_EVERY = 50
+COMPILE_BACKEND = "inductor"
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -107,15 +112,31 @@ def build_train_parser(setting: Setting, dataset: str) -> ArgumentParser:
                         "choice: from random weights on a few thousand images it learns several times faster)")
     p.add_argument("--weight_decay", type=float, default=setting.weight_decay, help="Adam L2 weight decay")
     p.add_argument("--workers", type=int, default=None,
-                   help="loader workers per loader (default: this machine's cores shared by its processes, at most 8)")
+                   help="loader workers per process, split between the sketch and photo loaders in proportion to "
+                        "their share of the batch (default: the cores this process may use -- its affinity and "
+                        "cgroup quota -- shared by the processes of this machine, one kept for each, at most 16)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     p.add_argument("--channels_last", action="store_true", help="channels-last memory format")
     p.add_argument("--gpu_normalize", action="store_true",
                    help="loaders send uint8; ToTensor/Normalize run on the device (same values, same draws)")
+    p.add_argument("--compile", nargs="?", const=COMPILE_BACKEND, default=None, metavar="BACKEND",
+                   help=f"torch.compile the student's and the teacher's forward passes (backend {COMPILE_BACKEND} "
+                        "unless named); a batch of another size than the first (the epoch's last, shorter one) "
+                        "runs eagerly instead of compiling again")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels on CUDA (cudnn.benchmark off, cudnn.deterministic, "
+                        "torch.use_deterministic_algorithms; slower): two runs on the same machine give the same "
+                        "weights, except where NCCL's reductions are not deterministic")
+    p.add_argument("--checkin_every", type=int, default=CHECKIN_EVERY,
+                   help="steps between two check-ins of the processes of a multi-process run (an error or a "
+                        "non-finite loss on any process stops all of them there)")
+    p.add_argument("--force_process_group", action="store_true",
+                   help="a process group, DistributedDataParallel and the gradient averaging even for one process "
+                        "(checks the multi-process path on one GPU; the same results as without)")
     p.add_argument("--resume", action="store_true",
                    help=f"continue the run in <savedir>/{LAST_CHECKPOINT_FILE} with the flags it was started with; "
-                        f"only {', '.join('--' + f for f in MACHINE_FLAGS[:4] + MOVABLE_FLAGS)} may be given anew")
+                        f"only {', '.join('--' + f for f in MACHINE_FLAGS[:5] + MOVABLE_FLAGS)} may be given anew")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in a --savedir that holds another run; that run's files are removed once "
                         "this run has written its first checkpoint")
@@ -161,7 +182,7 @@ def check_train_args(args: argparse.Namespace) -> None:
         raise UserError(f"--warmup_epochs must be 0 or more, got {args.warmup_epochs}")
     if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers must be 0 or more, got {args.workers}")
-    for flag in ("max_steps_per_epoch", "max_val_images"):
+    for flag in ("max_steps_per_epoch", "max_val_images", "checkin_every"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     if not 0 < args.lr_decay <= 1:

@@ -126,7 +126,7 @@ def restore_run_args(args: argparse.Namespace, explicit: dict[str, Any], parser:
         if dest not in stored and dest not in MACHINE_FLAGS + MOVABLE_FLAGS and value != parser.get_default(dest):
             differences.append(f"--{dest} {_shown(value)} (the run has {_shown(parser.get_default(dest))})")
     if differences:
-        changeable = ", ".join("--" + f for f in MACHINE_FLAGS[:4] + MOVABLE_FLAGS)
+        changeable = ", ".join("--" + f for f in MACHINE_FLAGS[:5] + MOVABLE_FLAGS)
         raise UserError(f"--resume: the run in {path} was started with other flags: {'; '.join(differences)}; "
                         f"drop them to continue it exactly as it began (only {changeable} may change), or "
                         f"start a new run in another --savedir")
@@ -138,12 +138,12 @@ def resume_command(dataset: str, args: argparse.Namespace, explicit: dict[str, A
     if info.world_size == 1:
         launcher = ["python"]
     elif info.nnodes == 1:
-        launcher = ["torchrun", f"--nproc_per_node={info.local_world_size}"]
+        launcher = ["torchrun", "--standalone", f"--nproc_per_node={info.local_world_size}"]
     else:
         launcher = ["torchrun", f"--nnodes={info.nnodes}", f"--nproc_per_node={info.local_world_size}",
                     "--rdzv_backend=c10d", "--rdzv_endpoint=HOST:PORT"]
     cmd = [*launcher, train_script_of(dataset), "--resume", "--savedir", str(args.savedir)]
-    for dest in ("data_root", "device", "workers", "amp", "channels_last", "no_figures"):
+    for dest in ("data_root", "device", "workers", "amp", "channels_last", "no_figures", "force_process_group"):
         if dest in explicit:
             value = explicit[dest]
             if value is True:

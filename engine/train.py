@@ -21,11 +21,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from data.cid_mask import load_cid_mask
-from data.dataset import ListDataset, holdout_indices
+from data.dataset import ListDataset, SeededAugmentation, holdout_indices
 from data.lists import read_class_file
 from data.registry import Setting, SettingPaths, get_setting, resolve_paths
 from data.transforms import test_transform, to_model_input, train_transform
-from engine.flags import LR_DECAY, build_train_parser, check_train_args, choose_setting, settings_of, smoke_preset
+from engine.flags import (CHECKIN_EVERY, LR_DECAY, build_train_parser, check_train_args, choose_setting, settings_of,
+                          smoke_preset)
 from engine.runs import (TRAINING_LIST_ROLES, batch_message, claim_savedir, cpu_estimate, restore_run_args,
                          resume_command, stored_args, student_checkpoint, student_config, write_args_file)
 from engine.training_curves import plot_training_curves
@@ -34,11 +35,13 @@ from models import SBKAStudent, SBKATeacher, build_student, build_teacher, check
 from models.sbka import warn_random_weights, weights_source
 from utils.checkpoint import atomic_save, atomic_write, load_checkpoint
 from utils.cli import explicit_flags
-from utils.distributed import (DistInfo, GlobalBatchSampler, SharedFailure, all_reduce_sum, average_gradients,
-                               cleanup, collate_or_none, default_workers, init_distributed)
+from utils.cpus import affinity_text, loader_workers
+from utils.distributed import (DeferredFailure, DistInfo, GlobalBatchSampler, SharedFailure, all_reduce_sum,
+                               average_gradients, cleanup, collate_or_none, explain_failure, init_distributed)
 from utils import precision
 from utils.errors import UserError
-from utils.progress import progress
+from utils.progress import progress, shows_soon
+from utils.streams import on_side_stream
 from utils.provenance import list_fingerprint, new_run_id, project_version, state_dict_sha256
 from utils.run_files import BEST_CHECKPOINT_FILE, LAST_CHECKPOINT_FILE, LOG_FILE, TRAINING_CURVES_FILE
 
@@ -127,9 +130,14 @@ def build_data(setting: Setting, paths: SettingPaths, img_size: int, val_fractio
 def make_loader(ds: Dataset, global_batch: int, info: DistInfo, seed: int, workers: int, pin: bool,
                 shuffle: bool = True) -> tuple[DataLoader, GlobalBatchSampler]:
     """Shuffled loader of this process's share of each global batch (GlobalBatchSampler: one process draws the
-    released batches; several split each of them). An empty share comes as None."""
-    sampler = GlobalBatchSampler(len(ds), global_batch, info.world_size, info.rank, seed, shuffle)
-    loader = DataLoader(ds, batch_sampler=sampler, num_workers=workers, pin_memory=pin, collate_fn=collate_or_none)
+    released batches; several split each of them). An empty share comes as None.
+
+    Each image's augmentation in an epoch draws from its own generator (SeededAugmentation, seeded from
+    ``seed``, the epoch and the image), so the workers live across epochs (``persistent_workers``: no fork per
+    epoch) and the draws depend neither on the worker count nor on the process count."""
+    sampler = GlobalBatchSampler(len(ds), global_batch, info.world_size, info.rank, seed, shuffle, keyed=True)
+    loader = DataLoader(SeededAugmentation(ds, seed), batch_sampler=sampler, num_workers=workers, pin_memory=pin,
+                        collate_fn=collate_or_none, persistent_workers=workers > 0)
     return loader, sampler
 
 
@@ -196,10 +204,10 @@ class FiniteWatch:
     """Notes the first step of an epoch whose loss is not finite, without waiting for the device.
 
     ``record`` keeps, on the device, the step and the loss terms of the first non-finite total; ``check``
-    reads them (one synchronisation) and stops the run. On CUDA the trainer checks every
-    ``finite_check_every`` steps instead of after each forward pass, so the GPU is not drained every step;
-    the steps in between only change the weights in memory: checkpoints are written after the epoch, so
-    the last good one on disk is kept either way.
+    reads them (one synchronisation) and stops the run. The trainer checks at its check-ins (every
+    ``--checkin_every`` steps and at the end of the epoch) instead of after each forward pass, so the GPU is
+    not drained every step; the steps in between only change the weights in memory: checkpoints are written
+    after the epoch, so the last good one on disk is kept either way.
     """
 
     def __init__(self, checkpoint: Path):
@@ -287,8 +295,9 @@ class Trainer:
         with SharedFailure(info):    # a missing file or a bad list on one machine stops every process
             student = self.build(args, setting, info, device)
         self.student_module: SBKAStudent = student
-        self.student = (DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
-                        if info.enabled else student)
+        self.student = self.distributed(student) if info.enabled else student
+        self.compiled = self.compile() if getattr(args, "compile", None) else None
+        self.compiled_shape: Optional[tuple[int, ...]] = None
         self.teacher_lr = args.teacher_lr if args.teacher_lr is not None else args.lr * setting.teacher_lr_scale
         self.opt_student = torch.optim.Adam(student.parameters(), lr=args.lr, weight_decay=args.weight_decay)
         self.opt_teacher = torch.optim.Adam(self.teacher.head_parameters(), lr=self.teacher_lr,
@@ -297,10 +306,40 @@ class Trainer:
         self.use_amp = bool(args.amp and device.type == "cuda")
         if device.type == "cuda":
             precision.released_training_numerics()
-        # how often the loss is checked for NaN/inf: each step on CPU (no cost), every 10 on CUDA (a sync)
-        self.finite_check_every = 10 if device.type == "cuda" else 1
+        if getattr(args, "deterministic", False):
+            precision.deterministic_training()
+        # steps between check-ins: errors of any process and non-finite losses (a small CPU all-reduce; on CUDA
+        # reading the loss watch is a device synchronisation)
+        self.checkin_every = getattr(args, "checkin_every", None) or CHECKIN_EVERY
         if args.amp and device.type != "cuda" and self.is_main:
             print("note: --amp has effect on CUDA only; running in fp32", file=sys.stderr)
+
+    def distributed(self, student: SBKAStudent) -> DistributedDataParallel:
+        """DDP around the student, built once it has its device and memory format. Its gradients are views of
+        DDP's all-reduce buckets, in place from the first step (zeros given before DDP is built, kept by
+        ``zero_grad(set_to_none=False)``): a convolution's weight gradient may come with other strides in its
+        size-1 dimensions than the weight (depthwise ``[C, 1, 7, 7]``, pointwise ``[C, C', 1, 1]``), which DDP
+        would otherwise copy into its bucket every step, with a warning."""
+        for p in student.parameters():
+            p.grad = torch.zeros_like(p)
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(student, device_ids=device_ids, gradient_as_bucket_view=True)
+
+    def compile(self) -> tuple[Any, Any]:
+        """``--compile``: the student's (DDP's, under several processes: DDP's graph breaks keep its all-reduce
+        overlapping backward) and the teacher's forward compiled for the step's batch shape; a batch of another
+        shape (the epoch's last, shorter one; an empty share) runs eagerly instead of compiling again."""
+        backend = self.args.compile
+        return (torch.compile(self.student, backend=backend, dynamic=False),
+                torch.compile(self.teacher, backend=backend, dynamic=False))
+
+    def forward_modules(self, x: torch.Tensor) -> tuple[Any, Any]:
+        """(student, teacher) for a batch ``x``: compiled ones for the shape of the first batch, else eager."""
+        if self.compiled is None or len(x) == 0:
+            return self.student, self.teacher
+        if self.compiled_shape is None:
+            self.compiled_shape = tuple(x.shape)
+        return self.compiled if tuple(x.shape) == self.compiled_shape else (self.student, self.teacher)
 
     def build(self, args: argparse.Namespace, setting: Setting, info: DistInfo, device: torch.device) -> SBKAStudent:
         """Data, loaders, student and teacher of the run (every process; nothing collective yet)."""
@@ -321,9 +360,13 @@ class Trainer:
         n_sk, n_ph = setting.split_batch(args.batch_size)
         self.batch_split = (n_sk, n_ph)
         pin = device.type == "cuda"
-        workers = args.workers if args.workers is not None else default_workers(info)
-        self.sketch_loader, self.sketch_sampler = make_loader(self.data.sketches, n_sk, info, args.seed, workers, pin)
-        self.photo_loader, self.photo_sampler = make_loader(self.data.photos, n_ph, info, args.seed + 1, workers, pin)
+        self.workers = loader_workers(n_sk, n_ph, info.local_world_size, args.workers)
+        if self.is_main:
+            print(self.workers.describe(chosen=args.workers is not None), flush=True)
+        self.sketch_loader, self.sketch_sampler = make_loader(self.data.sketches, n_sk, info, args.seed,
+                                                              self.workers.sketches, pin)
+        self.photo_loader, self.photo_sampler = make_loader(self.data.photos, n_ph, info, args.seed + 1,
+                                                            self.workers.photos, pin)
         self.val_loader, self.n_val = None, 0
         if self.data.val is not None:
             n_all = len(self.data.val)
@@ -331,8 +374,9 @@ class Trainer:
             chosen = [i * n_all // cap for i in range(cap)]      # evenly spread: every class keeps its share
             self.n_val = len(chosen)
             shard = Subset(self.data.val, chosen[info.rank::info.world_size])
-            self.val_loader = DataLoader(shard, batch_size=max(1, n_ph // info.world_size),
-                                         num_workers=workers, pin_memory=pin)
+            self.val_loader = DataLoader(shard, batch_size=max(1, n_ph // info.world_size),  # the loaders rest then
+                                         num_workers=self.workers.total, pin_memory=pin,
+                                         persistent_workers=self.workers.total > 0)
 
         teacher_pretrained = self.teacher_pretrained
         if "none" in (str(args.pretrained).lower(), str(teacher_pretrained).lower()) and not self.demo:
@@ -490,21 +534,39 @@ class Trainer:
         asynchronous), and the concatenation and shuffle run there: the main process never copies a whole
         batch on the CPU. The shuffle draws ``torch.randperm`` from the CPU generator, so a seed gives the same
         order on every device. With more processes than a half's global count, a share of it is empty. The
-        rows that hold photos come last, found from the CPU permutation (no device synchronisation).
+        rows that hold photos come last, found from the CPU permutation (no device synchronisation). On CUDA each
+        batch is made on a side stream (utils/streams.py), so its copy overlaps the step before.
         """
+        return on_side_stream(self.device_batches(), self.device)
+
+    def device_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, BatchShare, torch.Tensor]]:
         sizes = zip(self.sketch_sampler.global_sizes(), self.photo_sampler.global_sizes())
+        pinned = self.device.type == "cuda"
+
+        def to_device(t: torch.Tensor) -> torch.Tensor:   # from pinned memory, so the copy does not wait
+            return (t.pin_memory() if pinned else t).to(self.device, non_blocking=True)
+
         for sketches, photos, (n_sk, n_ph) in zip(self.sketch_loader, self.photo_loader, sizes):
             sk, sk_y = sketches if sketches is not None else self.empty_half()
             ph, ph_y = photos if photos is not None else self.empty_half()
             x = torch.cat([to_model_input(sk, self.device, torch.contiguous_format, self.args.gpu_normalize),
                            to_model_input(ph, self.device, torch.contiguous_format, self.args.gpu_normalize)])
-            y = torch.cat([sk_y, ph_y]).to(self.device, non_blocking=True)
-            is_photo = torch.cat([torch.zeros(len(sk)), torch.ones(len(ph))]).to(self.device, non_blocking=True)
+            y = to_device(torch.cat([sk_y, ph_y]))
+            is_photo = to_device(torch.cat([torch.zeros(len(sk)), torch.ones(len(ph))]))
             order = torch.randperm(len(x))
-            photo_rows = torch.nonzero(order >= len(sk)).squeeze(1).to(self.device, non_blocking=True)
-            perm = order.to(self.device, non_blocking=True)
+            photo_rows = to_device(torch.nonzero(order >= len(sk)).squeeze(1))
+            perm = to_device(order)
             share = BatchShare(images=n_sk + n_ph, photos=n_ph, world_size=self.info.world_size)
             yield x[perm].contiguous(memory_format=self.memory_format), y[perm], is_photo[perm], share, photo_rows
+
+    def empty_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, BatchShare, torch.Tensor]:
+        """The share of a process whose data or forward pass failed, until the next check-in: no images, so it
+        adds nothing to any loss term or gradient but still meets the others' collectives."""
+        size = self.args.img_size
+        x = torch.empty(0, 3, size, size, device=self.device).contiguous(memory_format=self.memory_format)
+        rows = torch.empty(0, dtype=torch.long, device=self.device)
+        share = BatchShare(images=sum(self.batch_split), photos=self.batch_split[1], world_size=self.info.world_size)
+        return x, rows, torch.empty(0, device=self.device), share, rows
 
     def empty_half(self) -> tuple[torch.Tensor, torch.Tensor]:
         """An empty share of one half, shaped as the loader's batches (uint8 with --gpu_normalize)."""
@@ -531,35 +593,24 @@ class Trainer:
         bar = progress(total=n_steps, desc=f"epoch {epoch} {'bidirectional' if bidirectional else 'warm-up'}",
                        unit="step", disable=not self.is_main, file=sys.stdout)
         watch = FiniteWatch(self.savedir / LAST_CHECKPOINT_FILE)
+        failure = DeferredFailure(self.info)
         batches = self.batches()
         for step in range(n_steps):
-            # before the step's collectives: an unreadable image or a non-finite loss on any process stops all
-            with SharedFailure(self.info):
-                if step and (step - 1) % self.finite_check_every == 0:
-                    watch.check(epoch)
-                x, y, is_photo, share, photo_rows = next(batches)
-            total, terms = step_losses(self.student, self.teacher, self.objective, x, y, is_photo, self.cid_mask,
-                                       bidirectional, autocast, share, photo_rows)
+            if step and step % self.checkin_every == 0:
+                self.check_in(watch, epoch, failure)
+                self.show_postfix(bar, sums, step, images, start)
+            batch = self.next_batch(batches, failure)
+            total, terms = self.train_step(batch, bidirectional, autocast, failure)
             watch.record(step, total, terms)
-            self.opt_student.zero_grad(set_to_none=True)
-            self.opt_teacher.zero_grad(set_to_none=True)
-            total.backward()
-            self.opt_student.step()
-            if bidirectional:
-                average_gradients(self.teacher.head_parameters(), self.info)
-                self.opt_teacher.step()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.detach()
             sums["loss_total"] = sums.get("loss_total", 0.0) + total.detach()
-            images += share.images
-            if self.is_main and (step % 10 == 0 or step == n_steps - 1):
-                elapsed = time.perf_counter() - start
-                bar.set_postfix({k.removeprefix("loss_"): f"{(v / (step + 1)).item():.3f}" for k, v in sums.items()}
-                                | {"img/s": f"{images / max(elapsed, 1e-9):.1f}"})
+            images += batch[3].images
+            if step == n_steps - 1:          # the epoch's last check-in, before the bar's last line
+                self.check_in(watch, epoch, failure)
+                self.show_postfix(bar, sums, step + 1, images, start)
             bar.update(1)
         bar.close()
-        with SharedFailure(self.info):
-            watch.check(epoch)
         # each process's terms are world_size x its share of the global batch's terms: their mean is the term
         stats = torch.stack(list(sums.values())).float() / n_steps
         stats = all_reduce_sum(stats.to(self.device), self.info) / self.info.world_size
@@ -567,6 +618,63 @@ class Trainer:
         out = {k: float(v) for k, v in zip(sums.keys(), stats.tolist())}
         out.update(steps=n_steps, time_s=elapsed, images_per_s=images / max(elapsed, 1e-9))
         return out
+
+    def check_in(self, watch: FiniteWatch, epoch: int, failure: DeferredFailure) -> None:
+        """Every process meets here every ``--checkin_every`` steps and at the epoch's end: an error held by any
+        process, or a non-finite loss on any, stops every process with its message."""
+        with SharedFailure(self.info):
+            failure.raise_held()
+            watch.check(epoch)
+
+    def show_postfix(self, bar: Any, sums: dict[str, torch.Tensor], steps: int, images: int, start: float) -> None:
+        """The running mean of each loss term on the bar, read from the device (one synchronisation, right after
+        a check-in) only when the bar will show it."""
+        if not self.is_main or not sums or not shows_soon(bar, self.checkin_every):
+            return
+        means = (torch.stack(list(sums.values())).float() / steps).tolist()
+        elapsed = time.perf_counter() - start
+        bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in zip(sums, means)}
+                        | {"img/s": f"{images / max(elapsed, 1e-9):.1f}"})
+
+    def next_batch(self, batches: Iterator, failure: DeferredFailure) -> tuple:
+        """The next share, or an empty one once this process has failed (its data may be what failed)."""
+        if failure.error is not None:
+            return self.empty_batch()
+        try:
+            return next(batches)
+        except Exception as exc:  # noqa: BLE001 - held till the check-in (raised at once by a single process)
+            failure.record(exc)
+            return self.empty_batch()
+
+    def train_step(self, batch: tuple, bidirectional: bool, autocast, failure: DeferredFailure
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One optimisation step on this process's share: losses, one backward, the student's step, and in the
+        bidirectional phase the teacher head's averaged gradient and step.
+
+        A forward pass that fails (e.g. out of memory) has run no collective yet: its error is held for the
+        check-in and the step runs again on an empty share, so the others' gradient all-reduce is met. A failure
+        later in the step (inside backward, whose all-reduces may be half done) cannot be met that way: it ends
+        this process, which tells the others through the process group's store (see ``main``).
+        """
+        x, y, is_photo, share, photo_rows = batch
+        student, teacher = self.forward_modules(x)
+        try:
+            total, terms = step_losses(student, teacher, self.objective, x, y, is_photo, self.cid_mask,
+                                       bidirectional, autocast, share, photo_rows)
+        except Exception as exc:  # noqa: BLE001 - held till the check-in (raised at once by a single process)
+            failure.record(exc)
+            x, y, is_photo, share, photo_rows = self.empty_batch()
+            total, terms = step_losses(self.student, self.teacher, self.objective, x, y, is_photo, self.cid_mask,
+                                       bidirectional, autocast, share, photo_rows)
+        # under DDP the gradients are its buckets' views: zeroed in place, never dropped (see distributed)
+        self.opt_student.zero_grad(set_to_none=not self.info.enabled)
+        self.opt_teacher.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt_student.step()
+        if bidirectional:
+            average_gradients(self.teacher.head_parameters(), self.info)
+            self.opt_teacher.step()
+        return total, terms
 
     @torch.no_grad()
     def validate(self) -> Optional[float]:
@@ -590,6 +698,9 @@ class Trainer:
 
     # -- the run
     def describe(self) -> None:
+        sys.stdout.write(f"process {self.info.rank} of {self.info.world_size}: {affinity_text()}, device "
+                         f"{self.device}\n")          # one write: the processes' lines do not interleave
+        sys.stdout.flush()
         if not self.is_main:
             return
         a, d = self.args, self.data
@@ -670,17 +781,24 @@ def main(dataset: str, argv: Optional[Sequence[str]] = None, *, demo: bool = Fal
     (random weights, a CPU, minutes): no random-weights warning, no CPU estimate."""
     argv = list(sys.argv[1:] if argv is None else argv)
     setting, args, explicit = parse_run_args(dataset, argv)
-    info, device = init_distributed(args.device)
+    info, device = init_distributed(args.device, force=args.force_process_group)
     trainer = None
+    failed = True
     try:
         if not info.is_main:
             warnings.filterwarnings("ignore")
         trainer = Trainer(args, setting, info, device, demo=demo)
         trainer.fit()
+        failed = False
     except KeyboardInterrupt:
         raise KeyboardInterrupt(interrupted_message(dataset, args, explicit, trainer, info)) from None
+    except Exception as exc:  # noqa: BLE001 - named after the peer whose failure broke this process's collectives
+        explained = explain_failure(info, exc)
+        if explained is exc:
+            raise
+        raise explained from None
     finally:
-        cleanup(info)
+        cleanup(info, failed)      # after a failure: aborted, never a destroy that waits for a failed peer
 
 
 __all__ = ["main", "lr_at", "step_losses", "Trainer", "get_setting"]

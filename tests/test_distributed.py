@@ -9,6 +9,8 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch.utils.data import DistributedSampler
@@ -24,10 +26,11 @@ TIMEOUT_S = 240            # a hang fails the test instead of blocking CI
 
 
 # ----------------------------------------------------------------------------------------------- the global batch
-def global_batch(setting_name: str):
-    """The setting's released global batch (random images, labels, cid-mask rows) and one prior-noise row per image."""
+def global_batch(setting_name: str, batch_size: int | None = None):
+    """The setting's released global batch (or one of ``batch_size``: random images, labels, cid-mask rows) and one
+    prior-noise row per image."""
     setting = get_setting(setting_name)
-    n_sk, n_ph = setting.split_batch(setting.batch_size)
+    n_sk, n_ph = setting.split_batch(batch_size or setting.batch_size)
     g = torch.Generator().manual_seed(len(setting_name))
     n = n_sk + n_ph
     x = torch.randn(n, 3, IMG, IMG, generator=g)
@@ -38,15 +41,14 @@ def global_batch(setting_name: str):
     return setting, n_sk, n_ph, x, y, is_photo, cid_mask, noise
 
 
-def step_gradients(setting_name: str, info: DistInfo) -> dict[str, torch.Tensor]:
+def step_gradients(setting_name: str, info: DistInfo, batch_size: int | None = None) -> dict[str, torch.Tensor]:
     """One bidirectional step of the trainer's objective on this process's share of the global batch: the
-    student's (DDP) and the teacher head's gradients after the trainer's reductions, and the logged terms."""
-    from torch.nn.parallel import DistributedDataParallel
-
+    student's (DDP, built as the trainer builds it) and the teacher head's gradients after the trainer's
+    reductions, and the logged terms."""
     from losses import SBKAObjective
     from models import build_teacher
 
-    setting, n_sk, n_ph, x, y, is_photo, cid_mask, noise = global_batch(setting_name)
+    setting, n_sk, n_ph, x, y, is_photo, cid_mask, noise = global_batch(setting_name, batch_size)
     sk, ph = rank_share(n_sk, info.world_size, info.rank), rank_share(n_ph, info.world_size, info.rank)
     ids = torch.cat([torch.arange(n_sk)[sk], n_sk + torch.arange(n_ph)[ph]])
     ids = ids[torch.randperm(len(ids), generator=torch.Generator().manual_seed(info.rank))]   # shuffled, as batches()
@@ -61,7 +63,7 @@ def step_gradients(setting_name: str, info: DistInfo) -> dict[str, torch.Tensor]
     student = train.initial_student("convnextv2_atto", setting.n_seen, None, 0.02, seed=0)
     torch.manual_seed(1)
     teacher = build_teacher("convnextv2_atto", None).eval()
-    model = DistributedDataParallel(student) if info.enabled else student
+    model = train.Trainer.distributed(SimpleNamespace(device=torch.device("cpu")), student) if info.enabled else student
     torch.randn = noise_of_these_images
     try:
         total, terms = train.step_losses(model, teacher, SBKAObjective(), x[ids], y[ids], is_photo[ids], cid_mask,
@@ -77,24 +79,54 @@ def step_gradients(setting_name: str, info: DistInfo) -> dict[str, torch.Tensor]
     return {**grads, "terms": logged}
 
 
-def _worker(rank: int, world_size: int, init_file: str, out: str) -> None:
+def missing_gradients_averaged(info: DistInfo) -> dict[str, torch.Tensor]:
+    """average_gradients over float32 and bfloat16 parameters where the last process has no gradient for some of
+    them (as if it had skipped that part of the model): every process ends with the mean, the missing ones as
+    zeros, and no process waits."""
+    g = torch.Generator().manual_seed(7)
+    params = [torch.nn.Parameter(torch.zeros(shape, dtype=dtype)) for shape, dtype in
+              (((3, 4), torch.float32), ((5,), torch.bfloat16), ((2, 2), torch.float32))]
+    for i, p in enumerate(params):
+        grads = [torch.randn(p.shape, generator=g).to(p.dtype) for _ in range(info.world_size)]
+        if not (info.rank == info.world_size - 1 and i != 1):     # the last process: only the bf16 one
+            p.grad = grads[info.rank].clone()
+    train.average_gradients(params, info)
+    return {f"avg.{i}": p.grad for i, p in enumerate(params)}
+
+
+def expected_missing_gradients_average(world_size: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    out = {}
+    for i, (shape, dtype) in enumerate((((3, 4), torch.float32), ((5,), torch.bfloat16), ((2, 2), torch.float32))):
+        grads = [torch.randn(shape, generator=g).to(dtype) for _ in range(world_size)]
+        if i != 1:
+            grads[-1] = torch.zeros(shape, dtype=dtype)
+        out[f"avg.{i}"] = torch.stack(grads).sum(0).div(world_size).to(dtype)
+    return out
+
+
+def _worker(rank: int, world_size: int, init_file: str, out: str, cases: list) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         info = DistInfo(rank, world_size, rank, world_size)
-        results = {name: step_gradients(name, info) for name in SETTINGS}
+        results = {f"{name}/{batch}": step_gradients(name, info, batch) for name, batch in cases}
+        results["average"] = missing_gradients_averaged(info)
+        gathered = [None] * world_size
+        dist.all_gather_object(gathered, results["average"])
+        results["average_on_every_process"] = gathered
         if rank == 0:
             torch.save(results, out)
     finally:
         dist.destroy_process_group()
 
 
-def run_processes(world_size: int, tmp_path: Path) -> dict:
+def run_processes(world_size: int, tmp_path: Path, cases: list) -> dict:
     ctx = multiprocessing.get_context("spawn")
     out = tmp_path / f"grads_{world_size}.pt"
-    procs = [ctx.Process(target=_worker, args=(r, world_size, str(tmp_path / f"init_{world_size}"), str(out)))
+    procs = [ctx.Process(target=_worker, args=(r, world_size, str(tmp_path / f"init_{world_size}"), str(out), cases))
              for r in range(world_size)]
     for p in procs:
         p.start()
@@ -106,24 +138,52 @@ def run_processes(world_size: int, tmp_path: Path) -> dict:
         p.kill()
     assert not hung, f"{len(hung)} of {world_size} processes still running after {TIMEOUT_S} s"
     assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
-    return torch.load(out, weights_only=True)
+    return torch.load(out, weights_only=False)       # the test's own file (all_gather_object's lists)
+
+
+def assert_equal_gradients(ref: dict, got: dict, what: str) -> None:
+    assert ref.keys() == got.keys() and any(k.startswith("teacher.") for k in ref)
+    for key in ref:
+        scale = ref[key].abs().max()
+        assert scale > 0, key
+        err = (got[key] - ref[key]).abs().max()
+        assert err <= 2e-5 * scale, f"{what}, {key}: {err:.3g} vs {scale:.3g}"
+
+
+def assert_missing_gradients_averaged(results: dict, world_size: int) -> None:
+    expected = expected_missing_gradients_average(world_size)
+    for mine in results["average_on_every_process"]:
+        assert mine.keys() == expected.keys()
+        for key in expected:
+            assert mine[key].dtype == expected[key].dtype
+            torch.testing.assert_close(mine[key], expected[key], rtol=1e-2 if "1" in key else 1e-6, atol=1e-6)
 
 
 def test_three_and_four_processes_give_one_process_gradients_for_every_setting(tmp_path):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    one = {name: step_gradients(name, DistInfo()) for name in SETTINGS}
+    cases = [(name, None) for name in SETTINGS]
+    one = {f"{name}/None": step_gradients(name, DistInfo()) for name in SETTINGS}
     for world_size in (3, 4):
-        many = run_processes(world_size, tmp_path)
+        many = run_processes(world_size, tmp_path, cases)
         for name in SETTINGS:
             n_sk, n_ph = get_setting(name).split_batch(get_setting(name).batch_size)
             assert world_size == 3 or n_sk % world_size or n_ph % world_size   # 4: uneven shares everywhere
-            ref, got = one[name], many[name]
-            assert ref.keys() == got.keys() and any(k.startswith("teacher.") for k in ref)
-            for key in ref:
-                scale = ref[key].abs().max()
-                assert scale > 0, key
-                err = (got[key] - ref[key]).abs().max()
-                assert err <= 2e-5 * scale, f"{name}, {world_size} processes, {key}: {err:.3g} vs {scale:.3g}"
+            assert_equal_gradients(one[f"{name}/None"], many[f"{name}/None"], f"{name}, {world_size} processes")
+        assert_missing_gradients_averaged(many, world_size)
+
+
+def test_more_processes_than_sketches_give_one_process_gradients(tmp_path):
+    """5 processes on a 4 + 8 batch: the fifth process has no sketch (its sketch share is empty), the last two one
+    photo each; through the real model (DDP, the teacher on photos only, the head's averaging), the gradients
+    are one process's; and a gradient missing on one process is averaged as zeros instead of leaving the others
+    waiting."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    n_sk, n_ph = get_setting("sketchy/zeroshot1").split_batch(12)
+    assert (n_sk, n_ph) == (4, 8) and [len(range(n_sk)[rank_share(n_sk, 5, r)]) for r in range(5)][-1] == 0
+    one = step_gradients("sketchy/zeroshot1", DistInfo(), 12)
+    many = run_processes(5, tmp_path, [("sketchy/zeroshot1", 12)])
+    assert_equal_gradients(one, many["sketchy/zeroshot1/12"], "5 processes, 4 + 8")
+    assert_missing_gradients_averaged(many, 5)
 
 
 def test_global_batch_shares():
@@ -235,7 +295,8 @@ def test_resume_command_names_the_launch_it_came_from():
     node = resume_command("quickdraw", args, {"device": "cuda"}, DistInfo(0, 4, 0, 4))
     nodes = resume_command("quickdraw", args, {}, DistInfo(0, 8, 0, 4))
     assert one == "python train_quickdraw_ext.py --resume --savedir checkpoint/q"
-    assert node == "torchrun --nproc_per_node=4 train_quickdraw_ext.py --resume --savedir checkpoint/q --device cuda"
+    assert node == ("torchrun --standalone --nproc_per_node=4 train_quickdraw_ext.py --resume --savedir checkpoint/q "
+                    "--device cuda")
     assert nodes.startswith("torchrun --nnodes=2 --nproc_per_node=4 --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT "
                             "train_quickdraw_ext.py --resume") and "on every machine" in nodes
 

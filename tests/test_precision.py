@@ -12,12 +12,11 @@ from utils import precision
 def tf32_on():
     """TF32 switched on for both, as a user's earlier code (or PyTorch's cuDNN default) might leave it."""
     before = precision.tf32_flags()
-    torch.set_float32_matmul_precision("high")
-    torch.backends.cudnn.allow_tf32 = True
+    precision.allow_tf32()
     assert not precision.tf32_off(precision.tf32_flags())
     yield
-    torch.set_float32_matmul_precision(before["float32_matmul_precision"])
-    torch.backends.cudnn.allow_tf32 = before["cudnn_allow_tf32"]
+    precision.restore_tf32(before)
+    assert precision.tf32_flags() == before
 
 
 class RecordingStudent(torch.nn.Module):
@@ -74,6 +73,39 @@ def test_app_loads_its_model_with_tf32_off(tf32_on, tmp_path, monkeypatch):
     with pytest.raises(Stop):
         search_app.main(["--resume_dir", str(tmp_path), "--device", "cpu", "--port", "0"])
     assert len(seen) == 1 and precision.tf32_off(seen[0])
+
+
+@pytest.mark.skipif(not precision.has_precision_api(), reason="this torch has only the allow_tf32 flags")
+@pytest.mark.parametrize("user_setting", ["generic tf32", "per-operator tf32", "legacy allow_tf32"])
+def test_exact_float32_reads_back_through_the_per_operator_switches(user_setting):
+    """torch >= 2.9: the per-operator fp32_precision switches decide; a mix with the legacy allow_tf32 flags makes
+    torch refuse to read the legacy ones. Whatever a user set before, exact_float32 leaves every matmul and
+    convolution switch at "ieee", and reading back never touches the legacy flags."""
+    import warnings
+
+    before = precision.tf32_flags()
+    try:
+        if user_setting == "generic tf32":
+            torch.backends.fp32_precision = "tf32"
+        elif user_setting == "per-operator tf32":
+            torch.backends.cuda.matmul.fp32_precision = "tf32"
+            torch.backends.cudnn.conv.fp32_precision = "tf32"
+        else:
+            torch.backends.cudnn.conv.fp32_precision = "ieee"     # the new API first: the mix torch complains of
+            torch.backends.cudnn.allow_tf32 = True
+            torch.set_float32_matmul_precision("high")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")                       # no deprecation of what the project calls
+            precision.exact_float32()
+            flags = precision.tf32_flags()
+        assert flags["api"] == "fp32_precision" and precision.tf32_off(flags)
+        assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+        assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+        precision.allow_tf32()
+        assert torch.backends.cudnn.conv.fp32_precision == "tf32" and not precision.tf32_off(precision.tf32_flags())
+    finally:
+        torch.backends.fp32_precision = "none"
+        precision.restore_tf32(before)
 
 
 def test_amp_is_bf16_autocast_on_cuda_only():

@@ -141,8 +141,9 @@ def test_interrupted_run_resumes_with_its_own_flags_from_the_printed_command(tre
 def test_a_run_stopped_between_its_two_checkpoint_writes_resumes_to_the_same_files(tree, finished, tmp_path,
                                                                                      monkeypatch):
     """Killed after the first of the final epoch's two files (model_best, then checkpoint) was written: the
-    checkpoint still says one epoch is left, --resume redoes it, and model_best is the uninterrupted run's, not
-    missing or stale (the other order left a finished checkpoint beside no model_best)."""
+    checkpoint still says one epoch is left, --resume redoes it (with loader workers this time), and model_best is
+    the uninterrupted run's, not missing or stale (the other order left a finished checkpoint beside no
+    model_best)."""
     import engine.train as train_module
 
     run = tmp_path / "run"
@@ -155,7 +156,9 @@ def test_a_run_stopped_between_its_two_checkpoint_writes_resumes_to_the_same_fil
     monkeypatch.undo()
 
     assert load_checkpoint(run / LAST_CHECKPOINT_FILE)["epoch"] == 1      # the final epoch is not marked done
-    main("sketchy", ["--resume", "--savedir", str(run), "--workers", "0"])   # the same augmentation draws
+    # another worker count than the uninterrupted run's (0): each image draws its augmentation from its own
+    # generator, so loader workers (persistent across epochs) change nothing
+    main("sketchy", ["--resume", "--savedir", str(run), "--workers", "2"])
     for name in (LAST_CHECKPOINT_FILE, BEST_CHECKPOINT_FILE):       # the same run, never stopped
         mine, reference = load_checkpoint(run / name), load_checkpoint(finished / name)
         assert mine["epoch"] == reference["epoch"] == 2

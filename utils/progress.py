@@ -5,6 +5,7 @@ Written to a file or a pipe (a log, CI, ``| tee``), tqdm's ``\\r`` frames and cu
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import Any, Iterable, Iterator, Mapping, Optional, TextIO
@@ -85,6 +86,21 @@ class LineProgress:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def shows_soon(bar: Any, steps: int, every_s: float = 1.0) -> bool:
+    """Whether ``bar`` will print within the next ``steps`` updates (a line-per-percent bar), or last drew a
+    postfix at least ``every_s`` ago (a terminal bar): computing a postfix that no one sees costs a device
+    synchronisation for nothing."""
+    if isinstance(bar, LineProgress):
+        return bool(bar.total) and 100 * (bar.n + steps) / bar.total >= bar._next_percent
+    if getattr(bar, "disable", False):
+        return False
+    now = time.perf_counter()
+    if now - getattr(bar, "_postfix_at", -math.inf) >= every_s:
+        bar._postfix_at = now
+        return True
+    return False
 
 
 def progress(iterable: Optional[Iterable] = None, *, total: Optional[int] = None, desc: Optional[str] = None,
