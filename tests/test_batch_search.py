@@ -3,7 +3,7 @@
 One tiny random-weight run on a generated Sketchy tree: the test script (mode 1) writes its features and
 results first, then the batch search ranks a folder holding the same unseen-class sketches. Its rankings
 and metrics are compared with the test script's, computed here from the features file by the test scripts'
-own code; the static page is opened in headless Chromium; the README's Python snippet is run as written.
+own code; the static page is opened in headless Chromium; the Python snippet of docs/app.md is run as written.
 """
 from __future__ import annotations
 
@@ -185,8 +185,8 @@ def test_trained_run_embeds_as_the_test_script_and_names_what_is_wrong(batch, tm
 
 
 def readme_python_snippet() -> str:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text[text.index("### From Python"):]
+    text = (ROOT / "docs" / "app.md").read_text(encoding="utf-8")
+    section = text[text.index("## From Python"):]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -207,6 +207,6 @@ def test_readme_python_snippet_runs_as_written(batch, tmp_path, monkeypatch):
     assert images, "the snippet names no image files"
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
-    exec(compile(snippet, "README.md", "exec"), scope)
+    exec(compile(snippet, "docs/app.md", "exec"), scope)
     order, dist = scope["order"], scope["dist"]
     assert order.ndim == 2 and order.shape == dist.shape

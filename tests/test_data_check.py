@@ -268,15 +268,20 @@ def test_data_root_pointing_at_the_dataset_folder_names_its_parent(tree, tmp_pat
         check.settings_to_check(None, nested)
 
 
-def test_every_readme_section_a_message_names_exists(repo_root):
-    headings = {ln.lstrip("#").strip() for ln in (repo_root / "README.md").read_text().splitlines()
-                if ln.startswith("#")}
+def test_every_docs_section_a_message_names_exists(repo_root):
+    """A message that sends the user to "README.md, section 'X'" (or "docs/<page>.md, section 'X'") names a
+    heading of that page."""
+    def headings(page):
+        return {ln.lstrip("#").strip() for ln in (repo_root / page).read_text().splitlines() if ln.startswith("#")}
+
     named = set()
     for f in repo_root.rglob("*.py"):
         if ".venv" not in f.parts and "tests" not in f.parts:
-            named |= {(f.name, m) for m in re.findall(r"README\.md, section '([^']+)'", f.read_text())}
-    assert {m for _, m in named} >= {"Datasets", "Pretrained weights", "Testing and reproducing the tables"}
-    assert [(f, m) for f, m in named if m not in headings] == []
+            named |= {(f.name, page, m) for page, m in
+                      re.findall(r"(README\.md|docs/[\w-]+\.md), section '([^']+)'", f.read_text())}
+    assert len(named) >= 3, "the pattern finds the messages' section names"
+    assert [(f, page, m) for f, page, m in named
+            if not (repo_root / page).is_file() or m not in headings(page)] == []
 
 
 def test_exit_status_is_one_on_an_error_and_zero_otherwise(tree, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The layers of ARCHITECTURE (README, "Repository layout and tests"), read from the source: no import runs
+"""The layers of ARCHITECTURE (docs/development.md, "Layout and layers"), read from the source: no import runs
 against them, and every run-folder file name is written in one module."""
 import ast
 from pathlib import Path
