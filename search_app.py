@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import socket
 from pathlib import Path
 from typing import Optional, Sequence
 
 from utils.cli import ArgumentParser  # importing utils first sets OpenMP up for torch (utils/runtime.py)
+from utils.cpus import usable_cores
 from utils.errors import UserError, run_cli
 from utils.run_files import BATCH_OUTPUTS, BEST_CHECKPOINT_FILE
 
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860, help="port to listen on")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
     p.add_argument("--batch_size", type=int, default=32, help="photos per batch when embedding a gallery")
-    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="image loader workers")
+    p.add_argument("--workers", type=int, default=min(2, usable_cores()), help="image loader workers")
     p.add_argument("--no_compile", action="store_true",
                    help="run queries eagerly (by default the query forward pass is compiled at start, once)")
     batch = p.add_argument_group("batch mode (no server): rank a folder of query sketches, write CSV/JSON/HTML")

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data.registry import SAKE_NAMES  # noqa: E402
 from utils.cli import ArgumentParser
+from utils.cpus import usable_cores
 
 SKETCHES, PHOTOS = 75_481, 85_502
 SPLITS = {  # split -> (seen, unseen, {role: (first, last) index into the sketch / photo pool})
@@ -101,7 +102,7 @@ def official_tiny(path: Path) -> Path:
 def main() -> None:
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tree", required=True, help="where the generated tree goes (about 1 GB of directory entries)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--workers", type=int, default=usable_cores())
     args = p.parse_args()
     tree = Path(args.tree)
     t0 = time.perf_counter()

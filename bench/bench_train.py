@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import utils  # noqa: E402, F401 - sets OpenMP up before torch loads (utils/runtime.py)
 import torch  # noqa: E402
 
-from engine.train import step_losses  # noqa: E402
+from engine.train import compile_forward, step_losses  # noqa: E402
 from losses import SBKAObjective  # noqa: E402
 from models import build_student, build_teacher  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
@@ -39,6 +39,7 @@ class Batch:
     y: torch.Tensor
     is_photo: torch.Tensor
     cid_mask: Optional[torch.Tensor]
+    photo_rows: torch.Tensor            # the teacher runs on these rows only, as in the trainer
 
     def __len__(self) -> int:
         return len(self.x)
@@ -55,17 +56,22 @@ def synthetic_batch(n_sketch: int, n_photo: int, img_size: int, n_seen: int, dev
     perm = torch.randperm(b, generator=g)
     y = torch.randint(0, n_seen, (b,), generator=g)
     cid_mask = torch.rand(n_seen, 1000, generator=g, dtype=torch.float32)
-    return Batch(x[perm].to(device), y.to(device), is_photo[perm].to(device), cid_mask.to(device))
+    return Batch(x[perm].to(device), y.to(device), is_photo[perm].to(device), cid_mask.to(device),
+                 torch.nonzero(is_photo[perm]).squeeze(1).to(device))
 
 
 class TrainStep:
     """Student, teacher and both Adam optimisers of the trainer; ``step(bidirectional)`` is one optimisation
-    step exactly as ``Trainer.train_one_epoch`` does it (losses, one backward, student step, teacher step)."""
+    step exactly as ``Trainer.train_one_epoch`` does it (losses with the teacher on the photo rows, one backward,
+    student step, teacher step), with the trainer's numerics on CUDA (``cudnn.benchmark`` on) and its
+    ``--compile`` (``compile_backend``)."""
 
     def __init__(self, model: str, n_seen: int, device: torch.device, amp: bool = False,
                  channels_last: bool = False, compile_backend: Optional[str] = None,
                  pretrained: Optional[str] = None, seed: int = 0):
         self.device = device
+        if device.type == "cuda":
+            released_training_numerics()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         torch.manual_seed(seed)
         self.student = build_student(model, n_seen, pretrained).to(device, memory_format=self.memory_format).train()
@@ -76,8 +82,8 @@ class TrainStep:
         self.run_student: Callable = self.student
         self.run_teacher: Callable = self.teacher
         if compile_backend:
-            self.run_student = torch.compile(self.student, backend=compile_backend)
-            self.run_teacher = torch.compile(self.teacher, backend=compile_backend)
+            self.run_student = compile_forward(self.student, compile_backend)
+            self.run_teacher = compile_forward(self.teacher, compile_backend)
 
     def autocast(self):
         # the project's --amp dtype; here on the CPU too, so the CPU smoke of the GPU check compares bf16 with fp32
@@ -86,7 +92,7 @@ class TrainStep:
     def losses(self, batch: Batch, bidirectional: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x = batch.x.contiguous(memory_format=self.memory_format)
         return step_losses(self.run_student, self.run_teacher, SBKAObjective(), x, batch.y, batch.is_photo,
-                           batch.cid_mask, bidirectional, self.autocast())
+                           batch.cid_mask, bidirectional, self.autocast(), photo_rows=batch.photo_rows)
 
     def step(self, batch: Batch, bidirectional: bool = True) -> dict[str, torch.Tensor]:
         total, terms = self.losses(batch, bidirectional)
@@ -151,8 +157,6 @@ def main() -> None:
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
     p.add_argument("--channels_last", action="store_true", help="channels-last memory format")
     args = p.parse_args()
-    if args.device.startswith("cuda"):
-        released_training_numerics()
     res = bench(args)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     print(f"{args.model} batch {args.batch_size} @ {args.img_size}px on {name}, amp={args.amp}, "

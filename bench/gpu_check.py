@@ -46,7 +46,8 @@ from bench_metrics import class_structured  # noqa: E402
 from bench_train import TrainStep, sync, synthetic_batch, time_steps  # noqa: E402
 from gpu_report import Report, Section  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
-from utils.precision import exact_float32, tf32_flags, tf32_off  # noqa: E402
+from utils.cpus import usable_cores  # noqa: E402
+from utils.precision import allow_tf32, exact_float32, restore_tf32, tf32_flags, tf32_off  # noqa: E402
 
 SETTING = "sketchy/zeroshot1"
 # METHOD.md section 1 (Sketchy Ext, zeroshot1) and section 4 (20 epochs, warm-up epochs 0..9, 489 steps of 210)
@@ -137,9 +138,14 @@ def cuda(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def reset_peak(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if cuda(device):
         torch.cuda.synchronize(device)
+
+
+def reset_peak(device: torch.device) -> None:
+    if cuda(device):
+        sync(device)
         torch.cuda.reset_peak_memory_stats(device)
 
 
@@ -191,7 +197,7 @@ def make_tree(work: Path, plan: Plan) -> tuple[Path, dict]:
     start = time.perf_counter()
     generate_demo_dataset(data_root, seed=0, sketches_per_class=plan.per_class + max(2, plan.per_class // 5),
                           photos_per_class=plan.per_class, size=plan.image_px, force=True,
-                          zero_per_class=plan.per_class, workers=max(1, os.cpu_count() or 1))
+                          zero_per_class=plan.per_class, workers=usable_cores())
     paths = resolve_paths(get_setting(SETTING), data_root)
     info = {"generate_s": time.perf_counter() - start, "image_px": plan.image_px}
     for role, n in plan.lists.items():
@@ -301,15 +307,14 @@ def section_train(sec: Section, args, plan: Plan, device, budget: Budget, images
             r["x_fp32"] = r["img_s"] / base
     measured = {n: r for n, r in rows.items() if r.get("img_s")}
     best = max(measured, key=lambda n: measured[n]["img_s"]) if measured else None
-    eager = [n for n in measured if not TRAIN_CONFIGS[n]["compile"]]
     ctx["best_train"] = measured.get(best)
-    ctx["best_eager_train"] = measured[max(eager, key=lambda n: measured[n]["img_s"])] if eager else None
     compiled = rows["bf16 + channels_last + torch.compile"]
     if compiled.get("img_s") and rows["bf16 + channels_last"].get("img_s"):
         gain = compiled["img_s"] / rows["bf16 + channels_last"]["img_s"]
+        ctx["compile_faster"] = gain > 1.0
         sec.note(f"torch.compile vs eager bf16 + channels_last: {gain:.2f}x (compile warm-up "
-                 f"{compiled.get('warmup_s', 0):.0f} s, paid once per run); the trainer has no --compile flag: "
-                 "add one only if this is well above 1")
+                 f"{compiled.get('warmup_s', 0):.0f} s, paid once per run): the end-to-end row "
+                 f"{'uses' if gain > 1.0 else 'does not use'} the trainer's --compile")
     sec.note(f"{plan.model} at {plan.img_size} px, batch {plan.n_sketch} sketches + {plan.n_photo} photos "
              f"(real augmented images of the generated tree), bidirectional step as the trainer runs it "
              f"(student forward/backward, teacher forward with its head trainable, both Adam steps); "
@@ -344,16 +349,14 @@ def evaluator_precision_check(device: torch.device, work: Path) -> dict[str, Any
     before = tf32_flags()
     run_dir = work / "evaluator_check"
     save_features(class_structured(40, 60, 4, 16), run_dir / FEATURES_FILE)
-    torch.set_float32_matmul_precision("high")            # TF32 on, as a user's earlier code might leave it
-    torch.backends.cudnn.allow_tf32 = True
+    allow_tf32()                                          # TF32 on, as a user's earlier code might leave it
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             evaluate_main(["--resume_dir", str(run_dir), "--mode", "1", "--no_figures", "--device", str(device)],
                           setting_name=SETTING)
         after = tf32_flags()
     finally:
-        torch.set_float32_matmul_precision(before["float32_matmul_precision"])
-        torch.backends.cudnn.allow_tf32 = before["cudnn_allow_tf32"]
+        restore_tf32(before)
     after["tf32_off"] = tf32_off(after)
     return after
 
@@ -400,11 +403,10 @@ def section_numerics(sec: Section, args, plan: Plan, device, images, ctx: dict) 
     release(device)
     check = evaluator_precision_check(device, Path(args.out) / "work")
     sec.extra["evaluator_precision"] = check
-    sec.row(quantity="evaluator leaves float32_matmul_precision", fp32=check["float32_matmul_precision"],
-            bf16=None, rel_diff=None)
-    sec.row(quantity="evaluator leaves cuda.matmul.allow_tf32", fp32=check["cuda_matmul_allow_tf32"],
-            bf16=None, rel_diff=None)
-    sec.row(quantity="evaluator leaves cudnn.allow_tf32", fp32=check["cudnn_allow_tf32"], bf16=None, rel_diff=None)
+    sec.row(quantity=f"evaluator leaves CUDA matmuls at ({check['api']})", fp32=check["cuda_matmul"], bf16=None,
+            rel_diff=None)
+    sec.row(quantity=f"evaluator leaves cuDNN convolutions at ({check['api']})", fp32=check["cudnn_conv"], bf16=None,
+            rel_diff=None)
     n_q, n_g, _ = plan.eval_sizes
     for precision in ("highest", "high"):
         err = matmul_error(device, precision, min(n_q, 1024), n_g, plan.eval_dim)
@@ -522,8 +524,8 @@ def section_loader(sec: Section, args, plan: Plan, device, budget: Budget, ctx: 
     best_loader = max(r for r in rates.values() if r == r)
     ctx["gpu_normalize"] = rates[False] > rates[True]
     ctx["loader_img_s"] = best_loader
-    train = ctx.get("best_eager_train")             # the trainer has no torch.compile
-    sec.note(f"{os.cpu_count()} CPU cores; batches of {n_sk} sketches + {n_ph} photos through Trainer.batches "
+    train = ctx.get("best_train")
+    sec.note(f"{usable_cores()} usable CPU cores; batches of {n_sk} sketches + {n_ph} photos through Trainer.batches "
              f"(concatenate + shuffle on the CPU), copied to {device} as channels_last and synchronised; the first "
              "batch (worker start-up) is reported apart")
     if train:
@@ -573,22 +575,18 @@ class LineTimer(threading.Thread):
                 self.marks[f"epoch{m.group(1)}"] = now
 
 
-def section_e2e(sec: Section, args, plan: Plan, device, budget: Budget, ctx: dict) -> None:
+def run_training(args, plan: Plan, device, ctx: dict, nproc: int, steps: int, epochs: int, flags: list[str],
+                 timeout: float, name: str) -> dict[str, Any]:
+    """``torchrun --nproc_per_node nproc train_sketchy_ext.py`` on the generated tree: return code (None: stopped
+    at ``timeout``), the run's log.jsonl, the output's time marks and tail, wall seconds, the command."""
     from utils.run_files import LOG_FILE
 
-    pg = process_group_check(device)
-    sec.row(run="one-rank process group + all_reduce", backend=pg["backend"], ok=pg["ok"], seconds=pg.get("seconds"))
-    step = ctx.get("best_eager_train") or {}
-    batch = plan.n_sketch + plan.n_photo
-    step_s = max((step.get("ms_step") or 1000.0) / 1000, batch / (ctx.get("loader_img_s") or math.inf))
-    steps = int(max(3, min(RELEASED_RUN["steps"], plan.e2e_steps_s / 2 / step_s)))
-    flags = ["--amp", "--channels_last"] + (["--gpu_normalize"] if ctx.get("gpu_normalize", True) else [])
-    run_dir = Path(args.out) / "work" / "e2e_run"
+    run_dir = Path(args.out) / "work" / name
     shutil.rmtree(run_dir, ignore_errors=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            "train_sketchy_ext.py", "--data_root", str(ctx["data_root"]), "--savedir", str(run_dir),
            "--pretrained", args.pretrained or "none", "--model", plan.model, "--img_size", str(plan.img_size),
-           "--batch_size", str(plan.n_sketch + plan.n_photo), "--epochs", "2", "--warmup_epochs", "1",
+           "--batch_size", str(plan.n_sketch + plan.n_photo), "--epochs", str(epochs), "--warmup_epochs", "1",
            "--max_steps_per_epoch", str(steps), "--no_figures", "--device", str(device), *flags]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     t0 = time.perf_counter()
@@ -596,7 +594,6 @@ def section_e2e(sec: Section, args, plan: Plan, device, budget: Budget, ctx: dic
                             start_new_session=True)
     reader = LineTimer(proc.stdout)
     reader.start()
-    timeout = max(5.0, budget.cap(plan.e2e_timeout_s, reserve=90))
     try:
         rc = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -604,47 +601,94 @@ def section_e2e(sec: Section, args, plan: Plan, device, budget: Budget, ctx: dic
         proc.wait()
         rc = None
     reader.join(5)
-    wall = time.perf_counter() - t0
     log_file = run_dir / LOG_FILE
     log = [json.loads(line) for line in log_file.read_text().splitlines()] if log_file.is_file() else []
-    if rc is None:
+    return {"rc": rc, "log": log, "marks": reader.marks, "tail": reader.tail, "t0": t0,
+            "wall": time.perf_counter() - t0, "cmd": cmd}
+
+
+def section_e2e(sec: Section, args, plan: Plan, device, budget: Budget, ctx: dict) -> None:
+    """The trainer itself through torchrun, on the multi-process path: one process with --force_process_group
+    (DDP, NCCL with device_id, the gloo control group, the teacher-head averaging, the check-ins), then two
+    processes when two GPUs are visible; with --compile when the training section found it faster."""
+    pg = process_group_check(device)
+    sec.row(run="one-rank process group + all_reduce", backend=pg["backend"], ok=pg["ok"], seconds=pg.get("seconds"))
+    step = ctx.get("best_train") or {}
+    batch = plan.n_sketch + plan.n_photo
+    step_s = max((step.get("ms_step") or 1000.0) / 1000, batch / (ctx.get("loader_img_s") or math.inf))
+    compiled = bool(ctx.get("compile_faster")) or args.smoke      # the smoke run always exercises the flag
+    epochs = 3 if compiled else 2                                 # compiled: epoch 2 is the steady state
+    steps = int(max(3, min(RELEASED_RUN["steps"], plan.e2e_steps_s / epochs / step_s)))
+    flags = ["--amp", "--channels_last", "--force_process_group"]
+    flags += ["--gpu_normalize"] if ctx.get("gpu_normalize", True) else []
+    flags += ["--compile", plan.compile_backend] if compiled else []
+    timeout = max(5.0, budget.cap(plan.e2e_timeout_s, reserve=90))
+    run = run_training(args, plan, device, ctx, 1, steps, epochs, flags, timeout, "e2e_run")
+    log, marks = run["log"], run["marks"]
+    if run["rc"] is None:
         sec.status = "partial"
         sec.note(f"stopped at the time budget ({timeout:.0f} s) after {len(log)} epoch(s); last output: "
-                 f"{' / '.join(reader.tail[-3:])}")
-    elif rc != 0:
-        raise RuntimeError(f"train_sketchy_ext.py exited with {rc}: {' / '.join(reader.tail[-5:])}")
+                 f"{' / '.join(run['tail'][-3:])}")
+    elif run["rc"] != 0:
+        raise RuntimeError(f"train_sketchy_ext.py exited with {run['rc']}: {' / '.join(run['tail'][-5:])}")
     if not log:
         raise TimeoutError("no epoch finished within the time budget")
-    marks = reader.marks
+    t0 = run["t0"]
     startup = marks.get("ready", t0) - t0
     prev = marks.get("ready", t0)
-    per_phase = {}
+    per_phase, per_epoch = {}, {}
     for rec in log:
         end = marks.get(f"epoch{rec['epoch']}")
         epoch_wall = (end - prev) if end else None
         overhead = (epoch_wall - rec["time_s"]) if epoch_wall else None
         prev = end or prev
+        per_epoch[rec["epoch"]] = rec["time_s"] / rec["steps"]
         per_phase[rec["phase"]] = {"step_s": rec["time_s"] / rec["steps"], "overhead_s": overhead or 0.0}
         sec.row(run=f"epoch {rec['epoch']} ({rec['phase']})", backend=None, ok=True, steps=rec["steps"],
                 img_s=rec["images_per_s"], train_s=rec["time_s"], validate_save_s=overhead)
     r = RELEASED_RUN
+    scale = r["batch"] / batch
     full = startup
-    for phase, n_epochs in (("warmup", r["warmup_epochs"]), ("bidirectional", r["epochs"] - r["warmup_epochs"])):
-        ph = per_phase.get(phase) or per_phase.get("bidirectional") or next(iter(per_phase.values()))
-        full += n_epochs * (r["steps"] * ph["step_s"] * (r["batch"] / (plan.n_sketch + plan.n_photo))
-                            + ph["overhead_s"])
+    compile_s = 0.0
+    if compiled and 2 in per_epoch:                      # epochs 0 and 1 compile; epoch 2 runs compiled code
+        steady = per_epoch[2]
+        compile_s = sum(max(0.0, (per_epoch[e] - steady) * log[e]["steps"]) for e in (0, 1))
+        overhead = per_phase["bidirectional"]["overhead_s"]
+        full += compile_s + r["epochs"] * (r["steps"] * steady * scale + overhead)
+    else:
+        for phase, n_epochs in (("warmup", r["warmup_epochs"]), ("bidirectional", r["epochs"] - r["warmup_epochs"])):
+            ph = per_phase.get(phase) or per_phase.get("bidirectional") or next(iter(per_phase.values()))
+            full += n_epochs * (r["steps"] * ph["step_s"] * scale + ph["overhead_s"])
     sec.row(run="extrapolated: released Sketchy run (20 epochs x 489 steps of 210)", backend=None, ok=True,
-            minutes=full / 60, startup_s=startup, wall_s=wall)
-    sec.extra["command"] = " ".join(cmd)
+            minutes=full / 60, startup_s=startup, compile_s=compile_s if compiled else None, wall_s=run["wall"])
+    sec.extra["command"] = " ".join(run["cmd"])
     sec.note(f"`torchrun --nproc_per_node 1 train_sketchy_ext.py {' '.join(flags)}` on the generated tree, "
-             f"{steps} steps per epoch, 2 epochs (one warm-up, one bidirectional), validation on "
-             f"{plan.lists['sketch_test']} sketches each epoch; extrapolated = start-up + per phase 10 x (489 x "
-             "seconds per step + validation/checkpoint seconds); each epoch's loader start-up is spread over "
-             f"{steps} steps instead of 489, so the figure is pessimistic")
-    sec.note("with one process torchrun sets WORLD_SIZE=1 and the trainer runs without a process group (no DDP, "
-             "no NCCL traffic): the row above checks the NCCL backend itself; DDP over NCCL needs 2+ GPUs")
+             f"{steps} steps per epoch, {epochs} epochs (one warm-up), validation on {plan.lists['sketch_test']} "
+             "sketches each epoch; --force_process_group runs the multi-process path with one process: DDP, "
+             f"{'NCCL' if cuda(device) else 'gloo'} (with device_id on CUDA), the gloo control group and its "
+             "check-ins, the teacher-head averaging; extrapolated = start-up + per phase 10 x (489 x seconds per "
+             "step + validation/checkpoint seconds)"
+             + (", compiled: the compile seconds of epochs 0-1 once + 20 epochs at epoch 2's step time" if compiled
+                else "")
+             + f"; each epoch's loader start-up is spread over {steps} steps instead of 489, so the figure is "
+               "pessimistic")
     report_goal(ctx, "full released Sketchy run on one GPU", f"<= {GOAL_RUN_MIN:.0f} min", f"{full / 60:.1f} min",
                 full / 60 <= GOAL_RUN_MIN, "end to end")
+    gpus = torch.cuda.device_count() if cuda(device) else 0
+    if gpus < 2:
+        sec.note(f"{gpus} GPU(s) visible: the 2-process row needs 2")
+        return
+    timeout2 = budget.cap(plan.e2e_timeout_s, reserve=90)
+    if timeout2 < 20:
+        sec.note("2-process row skipped: time budget")
+        return
+    two = run_training(args, plan, device, ctx, 2, steps, epochs, [f for f in flags if f != "--force_process_group"],
+                       timeout2, "e2e_run_2")
+    if two["rc"] != 0:
+        sec.note(f"2 processes: exited with {two['rc']}: {' / '.join(two['tail'][-5:])}")
+    for rec in two["log"]:
+        sec.row(run=f"2 processes, epoch {rec['epoch']} ({rec['phase']})", backend="nccl", ok=two["rc"] == 0,
+                steps=rec["steps"], img_s=rec["images_per_s"], train_s=rec["time_s"])
 
 
 # ----------------------------------------------------------------------------------------------- extraction
@@ -658,7 +702,7 @@ def section_extraction(sec: Section, args, plan: Plan, device, budget: Budget, c
 
     paths = resolve_paths(get_setting(SETTING), ctx["data_root"])
     n_unseen = len(read_class_file(paths.zero_class_file))
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     configs = [
         ("test script defaults: fp32, batch 80", dict(amp=False, batch=80, workers=min(4, cores), cl=False, dev_norm=False)),
         (f"fp32, batch {plan.extract_batch}", dict(amp=False, batch=plan.extract_batch, workers=cores, cl=False, dev_norm=False)),
@@ -687,6 +731,7 @@ def section_extraction(sec: Section, args, plan: Plan, device, budget: Budget, c
             gen.close()
             if time.perf_counter() - t0 > limit:
                 break
+        sync(device)                                         # the features stay on the device: wait for them
         seconds = time.perf_counter() - t0
         rate = done / seconds
         best = max(best, rate)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import numpy as np
 from data.lists import parse_list_file, read_class_file
 from data.registry import (REQUIRED_ROLES, SETTINGS, Setting, SettingPaths, get_setting, published_settings,
                            resolve_paths)
+from utils.cpus import usable_cores
 from utils.errors import UserError, run_cli
 from utils.cli import ArgumentParser
 from utils.progress import progress
@@ -366,7 +366,7 @@ def build_parser(prog: str = "python -m data.check",
     p.add_argument("--quick", action="store_true",
                    help=f"decode a seeded {QUICK_FRACTION * 100:g} %% sample of each list")
     p.add_argument("--seed", type=int, default=0, help="seed of the --quick sample")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes (0: in this process)")
+    p.add_argument("--workers", type=int, default=usable_cores(), help="decoding processes (0: in this process)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p
 

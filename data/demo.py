@@ -13,7 +13,6 @@ how many images of other classes are made.
 from __future__ import annotations
 
 import colorsys
-import os
 import pickle
 import shutil
 import time
@@ -28,6 +27,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from data.lists import list_text
 from data.registry import SAKE_NAMES, get_setting
 from utils.cli import ArgumentParser
+from utils.cpus import usable_cores
 from utils.errors import UserError, run_cli
 
 SETTING_NAME = "sketchy/zeroshot1"
@@ -453,7 +453,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--zero_per_class", type=int, default=None,
                         help="sketches and photos of each unseen class (default: the seen-class counts)")
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="image side in pixels")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+    parser.add_argument("--workers", type=int, default=min(2, usable_cores()),
                         help="processes drawing images (the output does not depend on it)")
     parser.add_argument("--force", action="store_true", help="replace a demo dataset already there")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")

@@ -32,6 +32,7 @@ import numpy as np
 from data.lists import list_can_hold, list_text
 from data.registry import SAKE_NAMES, get_setting
 from utils.cli import ArgumentParser
+from utils.cpus import usable_cores
 from utils.errors import UserError, run_cli
 
 SETTING_NAME = "custom/zeroshot"
@@ -312,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val_fraction", type=float, default=DEFAULT_VAL_FRACTION,
                    help="share of each seen class's sketches in the validation list (0: none; training then holds "
                         "out 5 %% of the training sketches itself)")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+    p.add_argument("--workers", type=int, default=min(4, usable_cores()),
                    help="processes decoding the images (0: in this process)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p

@@ -32,8 +32,11 @@ def load_student_for(setting: Optional[Setting], checkpoint: Path, device: torch
 def iter_embeddings(student: SBKAStudent, dataset: Dataset, device: torch.device, batch_size: int = 80,
                     workers: int = 0, amp: bool = False, desc: str = "features", on_device_normalize: bool = False,
                     memory_format: torch.memory_format = torch.contiguous_format
-                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Embed ``dataset`` in order, one batch at a time: (float32 features b x D, labels b).
+                    ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    """Embed ``dataset`` in order, one batch at a time: (float32 features b x D on ``device``, labels b).
+
+    The features stay on the device (no copy back, hence no wait for the device, per batch: the next batch's
+    copy and forward are queued while this one runs); ``extract_features`` copies them back once.
 
     ``on_device_normalize``: the dataset's transform stops at uint8 (``normalize=False``) and the
     normalisation runs on ``device``. Closing the generator early stops the loader's workers. Runs in exact
@@ -47,15 +50,16 @@ def iter_embeddings(student: SBKAStudent, dataset: Dataset, device: torch.device
         # contexts per batch: a suspended generator must not leave inference mode or autocast on in the caller
         with torch.inference_mode(), autocast(device, amp):
             x = to_model_input(images, device, memory_format, on_device_normalize)
-            features = student.embed(x).float().cpu().numpy()
+            features = student.embed(x).float()
         yield features, targets.numpy()
 
 
 def extract_features(student: SBKAStudent, dataset: Dataset, device: torch.device, batch_size: int = 80,
                      workers: int = 0, amp: bool = False, desc: str = "features", **options: Any
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Embed every image of ``dataset`` in order: (float32 features N x D, int64 labels N)."""
+    """Embed every image of ``dataset`` in order: (float32 features N x D, int64 labels N), copied from the
+    device once at the end."""
     batches = list(iter_embeddings(student, dataset, device, batch_size, workers, amp, desc, **options))
-    return (np.concatenate([f for f, _ in batches]).astype(np.float32),
-            np.concatenate([y for _, y in batches]).astype(np.int64))
+    features = torch.cat([f for f, _ in batches]).cpu().numpy()
+    return features.astype(np.float32, copy=False), np.concatenate([y for _, y in batches]).astype(np.int64)
 

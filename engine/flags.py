@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from typing import Any, Sequence
 
 from data.registry import SETTINGS, VAL_FRACTION, Setting, get_setting
@@ -18,6 +17,7 @@ from models.defaults import CLASSIFIER_INIT_STD, DEFAULT_MODEL, OFFICIAL_FILE
 from retrieval.defaults import COVARIANCE_TYPES, DEFAULT_ALPHA, DEFAULT_SEED, QUANTIZERS
 from retrieval.result_kinds import RESULT_KINDS
 from utils.cli import ArgumentParser
+from utils.cpus import usable_cores
 from utils.errors import UserError
 from utils.run_files import (BEST_CHECKPOINT_FILE, EXAMPLES_FILE, FEATURES_FILE, LAST_CHECKPOINT_FILE, PR_CURVE_FILE,
                              RESULTS_FILE, TRAINING_CURVES_FILE)
@@ -230,7 +230,7 @@ def build_test_parser(setting: Setting) -> ArgumentParser:
     p.add_argument("--val_max_queries", type=int, default=2000, help="cap on seen-class validation sketches")
     p.add_argument("--val_max_gallery", type=int, default=20000, help="cap on seen-class validation photos")
     p.add_argument("--batch_size", type=int, default=80, help="images per extraction batch")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="image loader workers")
+    p.add_argument("--workers", type=int, default=min(4, usable_cores()), help="image loader workers")
     p.add_argument("--device", default=None,
                    help=_default_said("cpu, cuda, cuda:N (default: cuda when present, else cpu)"))
     p.add_argument("--amp", action="store_true", help="bf16 autocast for extraction on CUDA")

@@ -36,6 +36,7 @@ from engine.folder_checks import previous_results, read_checkpoint, stale_reason
 from engine.runs import MACHINE_FLAGS, MOVABLE_FLAGS, _shown, claim_savedir, cpu_cost, duration_text
 from utils.checkpoint import load_checkpoint
 from utils.cli import ArgumentParser
+from utils.cpus import usable_cores
 from utils.errors import UserError, run_cli
 from utils.provenance import file_sha256, list_fingerprint, sidecar_path
 from utils.run_files import BEST_CHECKPOINT_FILE, FEATURES_FILE, LAST_CHECKPOINT_FILE, RESULTS_FILE
@@ -414,7 +415,7 @@ class Executor:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["CUDA_VISIBLE_DEVICES"] = "" if group is None else ",".join(group)
         if group is None and self.n_slots > 1 and "OMP_NUM_THREADS" not in os.environ:
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.n_slots))
+            env["OMP_NUM_THREADS"] = str(max(1, usable_cores() // self.n_slots))
         return env
 
     def step(self, run: Run, what: str, cmd: list[str], group: Optional[list[str]]) -> int:
@@ -527,7 +528,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args, passed = parse(list(sys.argv[1:] if argv is None else argv))
     groups = device_groups(args)
     on_cpu = groups[0] is None
-    threads = max(1, (os.cpu_count() or 1) // len(groups)) if on_cpu else 1
+    threads = max(1, usable_cores() // len(groups)) if on_cpu else 1
     if on_cpu and os.environ.get("OMP_NUM_THREADS", "").isdigit():
         threads = max(1, int(os.environ["OMP_NUM_THREADS"]))
     console = Console()

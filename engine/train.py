@@ -276,6 +276,11 @@ def step_losses(student: torch.nn.Module, teacher: SBKATeacher, objective: SBKAO
                      **(share.denominators() if share is not None else {}))
 
 
+def compile_forward(module: torch.nn.Module, backend: str) -> Any:
+    """``--compile``: ``module`` compiled for fixed shapes (the trainer runs other shapes eagerly)."""
+    return torch.compile(module, backend=backend, dynamic=False)
+
+
 def initial_student(model: str, n_seen: int, pretrained: Optional[str], classifier_std: float,
                     seed: int, img_size: int = 224) -> SBKAStudent:
     """The student a run starts from: its new classifier (and a random backbone) depend on ``seed`` only."""
@@ -329,9 +334,7 @@ class Trainer:
         """``--compile``: the student's (DDP's, under several processes: DDP's graph breaks keep its all-reduce
         overlapping backward) and the teacher's forward compiled for the step's batch shape; a batch of another
         shape (the epoch's last, shorter one; an empty share) runs eagerly instead of compiling again."""
-        backend = self.args.compile
-        return (torch.compile(self.student, backend=backend, dynamic=False),
-                torch.compile(self.teacher, backend=backend, dynamic=False))
+        return compile_forward(self.student, self.args.compile), compile_forward(self.teacher, self.args.compile)
 
     def forward_modules(self, x: torch.Tensor) -> tuple[Any, Any]:
         """(student, teacher) for a batch ``x``: compiled ones for the shape of the first batch, else eager."""

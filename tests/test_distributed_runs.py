@@ -1,5 +1,6 @@
 """Whole training runs over several processes on the CPU (gloo): two torchrun "machines" on 127.0.0.1 equal one
-torchrun with two processes bit for bit, and a bad image read by one process ends every process with the message."""
+torchrun with two processes bit for bit; a bad image read by one process, or an error inside one process's forward
+pass, ends every process with the message, quickly; one process with a forced process group trains as without."""
 from __future__ import annotations
 
 import os
@@ -65,8 +66,13 @@ def test_two_machines_equal_one_machine_with_two_processes(tree, tmp_path):
     outputs = [p.communicate() for p in (one_node, *nodes)]
     for p, (out, err) in zip((one_node, *nodes), outputs):
         assert p.returncode == 0, err[-3000:]
+        # DDP's buckets are the gradients themselves: no stride mismatch (depthwise / pointwise weights), no copy
+        assert "Grad strides do not match bucket view strides" not in err
     assert sum(out.count("done:") for out, _ in outputs[1:]) == 1            # one process writes
     assert "over 2 process(es)" in outputs[0][0]
+    assert outputs[0][0].count("loaders: ") == 1                             # said once, by process 0
+    assert {line.split(":")[0] for line in outputs[0][0].splitlines() if line.startswith("process ")} == {
+        "process 0 of 2", "process 1 of 2"}                                   # each says its CPUs
     a, b = load_checkpoint(tmp_path / "one" / CHECKPOINT), load_checkpoint(tmp_path / "two" / CHECKPOINT)
     assert a["epoch"] == b["epoch"] == 2
     for part in ("state_dict", "teacher_head"):
@@ -100,3 +106,69 @@ def test_bad_image_on_one_process_ends_every_process_with_the_message(tmp_path):
     assert "cannot be decoded" in bad[0] and photos[5].rsplit(" ", 1)[0] in bad[0]
     assert other[0].startswith("error: process ") and bad[0].removeprefix("error: ") in other[0]
     assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+FORWARD_FAILS = """
+import os, sys
+sys.path.insert(0, os.getcwd())
+import models.sbka as sbka
+from utils.errors import run_cli
+
+calls = [0]
+forward = sbka.SBKAStudent.forward
+
+
+def failing_forward(self, x):
+    if self.training:
+        calls[0] += 1
+        if os.environ["RANK"] == "0" and calls[0] == 3:         # the forward pass of step 2
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; the test's hook)")
+    return forward(self, x)
+
+
+sbka.SBKAStudent.forward = failing_forward
+from engine.train import main
+run_cli(lambda argv: main("sketchy", argv))
+"""
+
+
+def test_an_error_inside_one_process_forward_stops_both_within_30_s(tree, tmp_path):
+    """Not a data error: process 0's forward pass raises at step 2 (a hook installed by this test). Process 0 goes
+    on with empty shares until the check-in at step 3, where both stop: process 1 naming process 0's message, and
+    both exit non-zero within 30 s (no collective left waiting, the group aborted, not destroyed)."""
+    hook = tmp_path / "hook.py"
+    hook.write_text(FORWARD_FAILS)
+    port = free_port()
+    argv = [sys.executable, str(hook), "--data_root", str(tree), *TINY, "--batch_size", "12", "--epochs", "2",
+            "--warmup_epochs", "1", "--max_val_images", "6", "--checkin_every", "3", "--savedir", str(tmp_path / "run")]
+    start = time.monotonic()
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                              env=environment(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
+             for r in range(2)]
+    ended = wait_all(procs)
+    errs = [p.communicate()[1] for p in procs]
+    assert max(ended) < 30, (ended, time.monotonic() - start)
+    assert all(p.returncode != 0 for p in procs), [p.returncode for p in procs]
+    assert "RuntimeError: CUDA out of memory. Tried to allocate 20.00 GiB" in errs[0]       # its own traceback
+    other = [line for line in errs[1].splitlines() if line.startswith("error:")]
+    assert other == ["error: process 0 of 2 stopped the run: CUDA out of memory. Tried to allocate 20.00 GiB "
+                     "(GPU 0; the test's hook)"], errs[1][-2000:]
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+def test_one_process_with_a_forced_process_group_trains_as_without(tree, tmp_path):
+    """--force_process_group: DDP, the gradient averaging and the check-ins with one process (what the GPU check
+    runs on a single GPU); the same weights, bit for bit, as the run without a process group."""
+    train = [sys.executable, str(ROOT / "train_sketchy_ext.py"), "--data_root", str(tree), *TINY, "--batch_size",
+             "12", "--epochs", "2", "--warmup_epochs", "1", "--max_steps_per_epoch", "2", "--max_val_images", "6"]
+    runs = {}
+    for name, extra in (("plain", []), ("forced", ["--force_process_group"])):
+        out = subprocess.run([*train, *extra, "--savedir", str(tmp_path / name)], capture_output=True, text=True,
+                             cwd=ROOT, env=environment(), timeout=TIMEOUT_S)
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs[name] = load_checkpoint(tmp_path / name / CHECKPOINT)
+    assert runs["forced"]["args"]["force_process_group"] is True
+    for part in ("state_dict", "teacher_head"):
+        a, b = runs["plain"][part], runs["forced"][part]
+        assert all(torch.equal(a[k], b[k]) for k in a), part

@@ -56,14 +56,17 @@ def test_smoke_run_reports_every_section_with_sane_numbers(smoke_report):
     for term in ("loss_ce", "loss_kd", "loss_prior", "loss_reverse", "student_grad_norm"):
         assert _finite_positive(numerics[term]["fp32"]) and numerics[term]["rel_diff"] < 0.05
     assert sections["numerics"]["evaluator_precision"]["tf32_off"] is True
-    assert sections["numerics"]["evaluator_precision"]["cudnn_allow_tf32"] is False
+    assert sections["numerics"]["evaluator_precision"]["cudnn_conv"] == "ieee"
     ops = sections["profile"]["top_ops"]
     assert ops and 0 < sum(o["share"] for o in ops) <= 1.0 + 1e-9
     assert all(_finite_positive(r["img_s"]) for r in sections["loader"]["rows"])
     e2e = sections["e2e"]["rows"]
     assert e2e[0]["ok"] is True
     epochs = [r for r in e2e if r["run"].startswith("epoch")]
-    assert [r["run"].split()[1] for r in epochs] == ["0", "1"] and all(r["steps"] >= 1 for r in epochs)
+    # the multi-process path with one process (DDP, the control group, the averaging), compiled (smoke: always)
+    command = sections["e2e"]["command"]
+    assert "--force_process_group" in command and "--compile eager" in command
+    assert [r["run"].split()[1] for r in epochs] == ["0", "1", "2"] and all(r["steps"] >= 1 for r in epochs)
     assert _finite_positive(e2e[-1]["minutes"])
     extraction = sections["extraction"]["rows"]
     assert len(extraction) == 3 and all(r["images"] > 0 and _finite_positive(r["img_s"]) for r in extraction)
