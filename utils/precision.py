@@ -63,24 +63,24 @@ def _set_all(value: str) -> None:
             switch.fp32_precision = value
 
 
+def _set_tf32(on: bool) -> None:
+    """TF32 on or off for float32 matmuls and cuDNN convolutions, through whichever API this torch has."""
+    if has_precision_api():
+        _set_all(TF32 if on else EXACT)
+        return
+    torch.set_float32_matmul_precision("high" if on else "highest")
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+
+
 def exact_float32() -> None:
     """TF32 off for float32 matmuls and cuDNN convolutions (extraction, evaluation, the app)."""
-    if has_precision_api():
-        _set_all(EXACT)
-        return
-    torch.set_float32_matmul_precision("highest")
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    _set_tf32(False)
 
 
 def allow_tf32() -> None:
     """TF32 on for matmuls and cuDNN convolutions, as a user's earlier code may leave it (tests, the GPU check)."""
-    if has_precision_api():
-        _set_all(TF32)
-        return
-    torch.set_float32_matmul_precision("high")
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    _set_tf32(True)
 
 
 def released_training_numerics() -> None:
